@@ -1,0 +1,1 @@
+"""POI facts, the Plus Code geo layer and the tour-corpus builder."""

@@ -1,0 +1,131 @@
+"""The closed vocabularies every stage shares: visitor interests and description styles.
+
+Interests tag POIs in the dataset, are sampled into prompts, and are what the app offers as
+checkboxes; styles decide the length band a description must fit. Keeping both here means the
+corpus validator, the evaluation harness and the API all reject the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+INTERESTS: tuple[str, ...] = (
+    "architecture",
+    "history",
+    "art",
+    "food",
+    "nature",
+    "beaches",
+    "culture",
+    "shopping",
+    "nightlife",
+    "family",
+    "sport",
+    "views",
+)
+
+
+@dataclass(frozen=True)
+class StyleSpec:
+    """What a description in one style must look like.
+
+    The bands are in words and sentences because those are what a reader notices; token counts
+    depend on the tokenizer and would make the same text pass for one model and fail for another.
+    """
+
+    name: str
+    summary: str  # the instruction given to the writer (human or model)
+    min_words: int
+    max_words: int
+    min_sentences: int
+    max_sentences: int
+    needs_engagement: bool = False  # a question or a suggestion to the visitor
+
+
+STYLES: dict[str, StyleSpec] = {
+    "brief": StyleSpec(
+        name="brief",
+        summary="one or two sentences: what the place is and the single most useful fact",
+        min_words=6,
+        max_words=60,
+        min_sentences=1,
+        max_sentences=2,
+    ),
+    "stimulate": StyleSpec(
+        name="stimulate",
+        summary=(
+            "an engaging short paragraph of three to six sentences that ends with a question "
+            "or a suggestion to the visitor"
+        ),
+        min_words=30,
+        max_words=140,
+        min_sentences=2,
+        max_sentences=7,
+        needs_engagement=True,
+    ),
+    "detailed": StyleSpec(
+        name="detailed",
+        summary="a full paragraph that covers every fact given: history, design, what to see",
+        min_words=50,
+        max_words=320,
+        min_sentences=3,
+        max_sentences=16,
+    ),
+}
+
+# Imperative openings that count as "a suggestion to the visitor" in the stimulate style.
+_SUGGESTION = re.compile(
+    r"\b(try|look|take|stop|walk|wander|visit|head|come|stay|bring|plan|find|grab|pause|"
+    r"climb|book|join|watch|catch|see|explore|linger|picture|imagine|listen|spend|make time|"
+    r"don't miss|do not miss|consider|why not)\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_WORD = re.compile(r"[\w'’-]+")
+
+
+def count_words(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def count_sentences(text: str) -> int:
+    # Decimal points and abbreviations like "St." are rare in tour prose; a text without a final
+    # full stop still counts its last sentence.
+    stripped = text.strip()
+    if not stripped:
+        return 0
+    ends = len(_SENTENCE_END.findall(stripped))
+    return ends if _SENTENCE_END.search(stripped[-1:] + " ") else ends + 1
+
+
+def style_problems(text: str, style: str) -> list[str]:
+    """Reasons why `text` does not fit `style`; empty when it fits."""
+    spec = STYLES[style]
+    words, sentences = count_words(text), count_sentences(text)
+    problems = []
+    if not spec.min_words <= words <= spec.max_words:
+        problems.append(f"{words} words, {style} needs {spec.min_words}-{spec.max_words}")
+    if not spec.min_sentences <= sentences <= spec.max_sentences:
+        problems.append(
+            f"{sentences} sentences, {style} needs {spec.min_sentences}-{spec.max_sentences}"
+        )
+    if spec.needs_engagement and "?" not in text and not _SUGGESTION.search(text):
+        problems.append(f"{style} needs a question or a suggestion to the visitor")
+    return problems
+
+
+def check_interests(interests: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validated, de-duplicated interests in vocabulary order; raises ValueError otherwise."""
+    if not interests:
+        raise ValueError("interests must not be empty")
+    unknown = sorted(set(interests) - set(INTERESTS))
+    if unknown:
+        raise ValueError(f"unknown interest(s) {unknown}; choose from {list(INTERESTS)}")
+    return tuple(i for i in INTERESTS if i in interests)
+
+
+def check_style(style: str) -> str:
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+    return style
