@@ -67,12 +67,43 @@ STYLES: dict[str, StyleSpec] = {
     "detailed": StyleSpec(
         name="detailed",
         summary="a full paragraph that covers every fact given: history, design, what to see",
-        min_words=50,
+        min_words=35,
         max_words=320,
         min_sentences=3,
         max_sentences=16,
     ),
 }
+
+# Words that tie a sentence to an interest: used to rank facts for a visitor and to tag POIs
+# from sources that carry no interests of their own.
+INTEREST_CUES: dict[str, str] = {
+    "architecture": r"architect|design|built|building|style|gothic|revival|deco|sandstone|facade|"
+    r"tower|dome|spire|storey|arch|brick|victorian|georgian|modernist|heritage-listed|span|steel",
+    "history": r"\b1[6-9]\d\d\b|\b20[0-2]\d\b|founded|colonial|convict|first|oldest|governor|war|"
+    r"history|historic|heritage|century|origin|named after|former",
+    "art": r"\bart|gallery|galleries|painting|sculpture|artist|collection|exhibition|mural|portrait",
+    "food": r"food|eat|restaurant|cafe|café|seafood|market|dining|dumpling|bakery|coffee|pub|bar\b|"
+    r"cuisine|chef|fish|wine|beer|yum cha",
+    "nature": r"garden|park|tree|bush|plant|bird|wildlife|native|reserve|national park|walk|"
+    r"track|cliff|rock|harbour|fig|botanic",
+    "beaches": r"beach|surf|swim|sand|pool|wave|bay|cove|ocean|rock pool|lifesav",
+    "culture": r"museum|theatre|performance|concert|festival|culture|aboriginal|indigenous|gadigal|"
+    r"church|cathedral|library|music|opera",
+    "shopping": r"shop|store|boutique|arcade|market|stall|retail|mall|fashion|souvenir",
+    "nightlife": r"night|bar\b|pub|club|live music|cocktail|late|evening|hotel",
+    "family": r"child|children|kids|family|families|play|zoo|aquarium|picnic|animal|ride",
+    "sport": r"sport|cricket|rugby|football|stadium|ground|race|olympic|match|game|athlet|seats",
+    "views": r"view|lookout|panoram|overlook|vista|skyline|sunset|sunrise|vantage|summit|height",
+}
+# Cues match at the start of a word ("architect" finds "architects"; "tree" skips "Street").
+_INTEREST_CUE_RE = {k: re.compile(rf"\b(?:{v})", re.IGNORECASE) for k, v in INTEREST_CUES.items()}
+
+
+
+def interests_in(text: str) -> tuple[str, ...]:
+    """Interests whose cue words occur in `text`, in vocabulary order."""
+    return tuple(i for i in INTERESTS if _INTEREST_CUE_RE[i].search(text))
+
 
 # Imperative openings that count as "a suggestion to the visitor" in the stimulate style.
 _SUGGESTION = re.compile(
@@ -100,18 +131,18 @@ def count_sentences(text: str) -> int:
 
 
 def style_problems(text: str, style: str) -> list[str]:
-    """Reasons why `text` does not fit `style`; empty when it fits."""
+    """Reasons why `text` does not fit `style`, each 'category: detail'; empty when it fits."""
     spec = STYLES[style]
     words, sentences = count_words(text), count_sentences(text)
     problems = []
     if not spec.min_words <= words <= spec.max_words:
-        problems.append(f"{words} words, {style} needs {spec.min_words}-{spec.max_words}")
+        problems.append(f"length: {words} words, {style} needs {spec.min_words}-{spec.max_words}")
     if not spec.min_sentences <= sentences <= spec.max_sentences:
         problems.append(
-            f"{sentences} sentences, {style} needs {spec.min_sentences}-{spec.max_sentences}"
+            f"sentences: {sentences}, {style} needs {spec.min_sentences}-{spec.max_sentences}"
         )
     if spec.needs_engagement and "?" not in text and not _SUGGESTION.search(text):
-        problems.append(f"{style} needs a question or a suggestion to the visitor")
+        problems.append(f"engagement: {style} needs a question or a suggestion to the visitor")
     return problems
 
 

@@ -1,0 +1,257 @@
+"""Build the tour corpus: POIs -> Plus Code cells -> sampled requests -> validated descriptions.
+
+    python -m data.build --backend template --out out/corpus
+    python -m data.build --backend anthropic --model claude-sonnet-4-5 --out out/corpus-claude
+    python -m data.build --backend openai --base-url http://gpu-box:8000/v1 --model Qwen/Qwen3-32B --out out/corpus-qwen
+
+Writes to --out: train.jsonl, val.jsonl, test.jsonl (one sample a line: plus_code, short_code,
+locality, interests, style, poi_ids, messages — the chat prompt — and target), texts/{plus_code}.txt
+(every accepted description of a cell, for reading), rejects.jsonl (rejected texts and why), and
+snapshot.json (SHA-256 of every input file, prompt template and output, the settings and counts).
+LLM answers are cached on disk as they arrive: an interrupted run loses nothing and a rerun of the
+same build sends no request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data.generate.base import GenerationError, GenerationRequest, GenerationResult
+from data.generate.registry import BACKENDS, WriterOptions, make_generator
+from data.generate.template import __file__ as TEMPLATE_SOURCE
+from data.generate.writer_prompt import TEMPLATE_FILES
+from data.poi import SYDNEY, POI, POIError
+from data.poi.loaders import load_any
+from data.sampling import SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, sample_requests, split_cells
+from data.validate import PlaceNames, text_problems
+from models.prompt import TourQuery, build_messages
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out: Path
+    pois: tuple[Path, ...] = (SYDNEY,)
+    backend: str = "template"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    writer: WriterOptions = field(default_factory=WriterOptions)
+    limit: int | None = None  # at most this many requests per split: a cheap trial of a paid backend
+    progress: bool = True
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _row(request: GenerationRequest, result: GenerationResult) -> dict:
+    query = TourQuery(
+        plus_code=request.plus_code,
+        short_code=request.short_code,
+        locality=request.locality,
+        interests=request.interests,
+        style=request.style,
+    )
+    return {
+        "plus_code": request.plus_code,
+        "short_code": request.short_code,
+        "locality": request.locality,
+        "interests": list(request.interests),
+        "style": request.style,
+        "poi_ids": request.poi_ids,
+        "messages": build_messages(query),
+        "target": result.text,
+        "writer": result.model,
+    }
+
+
+def load_sources(paths: tuple[Path, ...]) -> list[POI]:
+    pois: list[POI] = []
+    for path in paths:
+        pois += load_any(path)
+    dupes = [k for k, n in Counter(p.id for p in pois).items() if n > 1]
+    if dupes:
+        raise POIError(f"POI ids repeat across sources: {dupes[:10]}")
+    return pois
+
+
+def build(config: BuildConfig) -> dict:
+    """Run the whole build; returns the summary that is also stored in snapshot.json."""
+    pois = load_sources(config.pois)
+    cells = cells_from_pois(pois)
+    by_split = split_cells(cells, config.sampling)
+    requests: list[tuple[str, GenerationRequest]] = []
+    for split in SPLITS:
+        split_requests = sample_requests(by_split[split], config.sampling, pois, salt=split)
+        requests += [(split, r) for r in split_requests[: config.limit]]
+
+    generator = make_generator(config.backend, config.writer)
+    names = PlaceNames(pois)
+    order = {id(r): k for k, (_, r) in enumerate(requests)}
+    split_of = {id(r): s for s, r in requests}
+    accepted: dict[int, dict] = {}
+    rejects: list[dict] = []
+    reasons: Counter[str] = Counter()
+
+    bar = tqdm(total=len(requests), desc=f"writing ({config.backend})", unit="text", disable=not config.progress)
+    try:
+        for request, outcome in generator.generate_many([r for _, r in requests], progress=bar.update):
+            k = order[id(request)]
+            if isinstance(outcome, GenerationError):
+                problems, text = [f"failed: {outcome}"], None
+            else:
+                text = outcome.text
+                problems = text_problems(text, request, names)
+            if problems:
+                reasons.update(p.split(":")[0] for p in problems)
+                rejects.append({"split": split_of[id(request)], "plus_code": request.plus_code,
+                                "poi_ids": request.poi_ids, "style": request.style,
+                                "interests": list(request.interests), "text": text,
+                                "reasons": problems, "order": k})
+            else:
+                accepted[k] = _row(request, outcome)
+    except KeyboardInterrupt:
+        bar.close()
+        raise SystemExit(
+            f"interrupted after {len(accepted) + len(rejects)} of {len(requests)} texts; "
+            "answers received so far are cached, rerun the same command to continue"
+        ) from None
+    bar.close()
+
+    out = Path(config.out)
+    (out / "texts").mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in SPLITS:
+        rows = [accepted[k] for k in sorted(accepted) if requests[k][0] == split]
+        counts[split] = len(rows)
+        _write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rejects.sort(key=lambda r: r.pop("order"))
+    _write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    _write_texts(out / "texts", [accepted[k] for k in sorted(accepted)], {c.plus_code: c for c in cells})
+
+    accounting = getattr(generator, "accounting", None)
+    summary = {
+        "backend": config.backend,
+        "pois": len(pois),
+        "cells": {s: len(by_split[s]) for s in SPLITS},
+        "requests": len(requests),
+        "accepted": counts,
+        "rejected": len(rejects),
+        "reject_reasons": dict(reasons.most_common()),
+        "accounting": accounting.to_dict() if accounting is not None else None,
+    }
+    snapshot = {
+        **summary,
+        "inputs": {str(p): sha256_file(Path(p)) for p in config.pois},
+        "prompt_templates": {
+            str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
+            for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
+        },
+        "outputs": {f"{s}.jsonl": sha256_file(out / f"{s}.jsonl") for s in SPLITS},
+        "config": {
+            "backend": config.backend,
+            "sampling": asdict(config.sampling),
+            "writer": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.writer).items()},
+            "limit": config.limit,
+        },
+    }
+    _write_atomic(out / "snapshot.json", json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
+    return summary
+
+
+def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:
+    by_cell: dict[str, list[dict]] = {}
+    for row in rows:
+        by_cell.setdefault(row["plus_code"], []).append(row)
+    for code, cell_rows in by_cell.items():
+        cell = cells[code]
+        lines = [f"# {code} ({cell.short_code} {cell.locality}): {', '.join(p.name for p in cell.pois)}", ""]
+        for row in cell_rows:
+            lines += [f"## {row['style']} · {', '.join(row['interests'])}", row["target"], ""]
+        _write_atomic(folder / f"{code}.txt", "\n".join(lines))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m data.build",
+        description="Build the tour corpus (train/val/test JSONL) from POI facts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--pois", type=Path, action="append",
+                   help=f"POI file (.jsonl in our schema, .csv, or NYC LPC .geojson); repeatable (default: {SYDNEY.name})")
+    p.add_argument("--backend", choices=BACKENDS, default="template", help="who writes the descriptions")
+    g = p.add_argument_group("writer models (anthropic, openai)")
+    g.add_argument("--model", help="model name (anthropic default: claude-sonnet-4-5; openai: required)")
+    g.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:8000/v1 for vLLM (openai: required)")
+    g.add_argument("--cache-dir", type=Path, default=Path(".cache/generate"), help="on-disk cache of answers")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    g.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx, timeouts, malformed bodies")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--max-tokens", type=int, default=700, help="answer length cap")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--price-in", type=float, help="USD per million input tokens (overrides the built-in table)")
+    g.add_argument("--price-out", type=float, help="USD per million output tokens")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--strategy", choices=STRATEGIES, default="uniform",
+                   help="uniform: same count per cell; interest-balanced: each interest equally often; "
+                        "density: cells in POI-dense areas more often")
+    s.add_argument("--samples-per-cell", type=float, default=12.0, help="average samples per cell")
+    s.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the wording")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="share of cells held out for validation")
+    s.add_argument("--test-fraction", type=float, default=0.1, help="share of cells held out for test")
+    s.add_argument("--country", default="Australia", help="country named in the writer's prompt")
+    s.add_argument("--language", default="English", help="language of the descriptions")
+    s.add_argument("--limit", type=int, help="at most this many requests per split (trial runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = BuildConfig(
+            out=args.out,
+            pois=tuple(args.pois or (SYDNEY,)),
+            backend=args.backend,
+            sampling=SamplingConfig(
+                strategy=args.strategy, samples_per_cell=args.samples_per_cell, seed=args.seed,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                country=args.country, language=args.language,
+            ),
+            writer=WriterOptions(
+                model=args.model, base_url=args.base_url, cache_dir=args.cache_dir,
+                concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
+                max_tokens=args.max_tokens, temperature=args.temperature,
+                price_in=args.price_in, price_out=args.price_out,
+            ),
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+        summary = build(config)
+    except (POIError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

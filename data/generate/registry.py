@@ -1,0 +1,59 @@
+"""Pick a corpus writer by name. SDK-backed writers are imported only when asked for, so the
+offline template path needs neither `anthropic` nor `openai` installed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.generate.base import Generator
+
+BACKENDS = ("template", "anthropic", "openai")
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    model: str | None = None
+    base_url: str | None = None
+    cache_dir: Path | None = None
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout: float = 60.0
+    max_tokens: int = 700
+    temperature: float = 0.7
+    price_in: float | None = None  # USD per million tokens; None uses the built-in table
+    price_out: float | None = None
+
+
+def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Generator:
+    if backend == "template":
+        from data.generate.template import TemplateGenerator
+
+        return TemplateGenerator()
+    llm_options = dict(
+        cache_dir=options.cache_dir,
+        concurrency=options.concurrency,
+        max_retries=options.max_retries,
+        timeout=options.timeout,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        price_in=options.price_in,
+        price_out=options.price_out,
+    )
+    try:
+        if backend == "anthropic":
+            from data.generate.anthropic_backend import AnthropicGenerator
+
+            model = options.model or "claude-sonnet-4-5"
+            return AnthropicGenerator(model, base_url=options.base_url, **llm_options)
+        if backend == "openai":
+            from data.generate.openai_backend import OpenAIGenerator
+
+            if not options.base_url or not options.model:
+                raise ValueError("the openai backend needs --base-url and --model")
+            return OpenAIGenerator(options.model, base_url=options.base_url, **llm_options)
+    except ImportError as exc:
+        raise ValueError(
+            f"the {backend} backend needs its SDK: pip install -e '.[generate]' ({exc})"
+        ) from exc
+    raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")

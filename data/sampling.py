@@ -1,0 +1,169 @@
+"""From POIs to training requests: Plus Code cells, a split by place, and sampling strategies.
+
+A sample is (cell, interests, style). The cell is the 10-digit Plus Code square (~14 m) holding a
+POI; POIs that share a square share a cell. Splits are made by cell, so a test POI is never seen
+in training, and by a hash of the code, so adding POIs later does not reshuffle the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+from data.generate.base import GenerationRequest
+from data.geo import Gazetteer, shorten
+from data.poi import POI
+from data.vocab import INTERESTS, STYLES
+
+STRATEGIES = ("uniform", "interest-balanced", "density")
+SPLITS = ("train", "val", "test")
+_DENSITY_RADIUS_M = 500.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    plus_code: str
+    short_code: str
+    locality: str
+    pois: tuple[POI, ...]
+
+    @property
+    def interests(self) -> tuple[str, ...]:
+        return tuple(i for i in INTERESTS if any(i in p.interests for p in self.pois))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    strategy: str = "uniform"
+    samples_per_cell: float = 12.0  # average; the total per split is this times its cells
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    off_interest_rate: float = 0.2  # how often a request adds an interest the place lacks
+    max_interests: int = 3
+    country: str = "Australia"
+    language: str = "English"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
+        if self.samples_per_cell <= 0:
+            raise ValueError("samples_per_cell must be positive")
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val and test fractions must be >= 0 and leave room for train")
+
+
+def cells_from_pois(pois: list[POI], gazetteer: Gazetteer | None = None) -> list[Cell]:
+    """Group POIs by their 10-digit code; order follows the first POI of each cell."""
+    groups: dict[str, list[POI]] = defaultdict(list)
+    for poi in pois:
+        groups[poi.plus_code].append(poi)
+    cells = []
+    for code, members in groups.items():
+        short, locality = shorten(code, gazetteer)
+        if short is None:
+            raise ValueError(f"no gazetteer locality can shorten {code} ({members[0].name})")
+        cells.append(Cell(code, short, locality, tuple(members)))
+    return cells
+
+
+def split_of(plus_code: str, config: SamplingConfig) -> str:
+    digest = hashlib.sha256(f"{config.seed}:{plus_code}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < config.test_fraction:
+        return "test"
+    if u < config.test_fraction + config.val_fraction:
+        return "val"
+    return "train"
+
+
+def split_cells(cells: list[Cell], config: SamplingConfig) -> dict[str, list[Cell]]:
+    out: dict[str, list[Cell]] = {s: [] for s in SPLITS}
+    for cell in cells:
+        out[split_of(cell.plus_code, config)].append(cell)
+    return out
+
+
+def _distance_m(a: POI, b: POI) -> float:
+    # Equirectangular is plenty at city scale.
+    mean_lat = math.radians((a.latitude + b.latitude) / 2)
+    dx = math.radians(b.longitude - a.longitude) * math.cos(mean_lat)
+    dy = math.radians(b.latitude - a.latitude)
+    return 6_371_000 * math.hypot(dx, dy)
+
+
+def density_weights(cells: list[Cell], all_pois: list[POI]) -> list[float]:
+    """POIs within 500 m of each cell's main POI (itself included): busy areas get more samples."""
+    return [
+        float(sum(_distance_m(c.pois[0], p) <= _DENSITY_RADIUS_M for p in all_pois)) for c in cells
+    ]
+
+
+def _interests_for(cell: Cell, rng: random.Random, config: SamplingConfig, first: str | None = None):
+    own = list(cell.interests)
+    k = rng.randint(1, min(config.max_interests, max(1, len(own))))
+    chosen = set(rng.sample(own, k))
+    if first:
+        chosen.add(first)
+    if rng.random() < config.off_interest_rate:
+        chosen.add(rng.choice(INTERESTS))
+    while len(chosen) > config.max_interests:
+        chosen.discard(rng.choice(sorted(chosen - {first})))
+    return tuple(i for i in INTERESTS if i in chosen)
+
+
+def sample_requests(
+    cells: list[Cell], config: SamplingConfig, all_pois: list[POI] | None = None, salt: str = ""
+) -> list[GenerationRequest]:
+    """Distinct (cell, interests, style) requests for one split, reproducible from the seed."""
+    if not cells:
+        return []
+    rng = random.Random(f"{config.seed}:{config.strategy}:{salt}")
+    total = max(1, round(config.samples_per_cell * len(cells)))
+    styles = list(STYLES)
+    weights = density_weights(cells, all_pois or [p for c in cells for p in c.pois])
+    by_interest = {i: [c for c in cells if i in c.interests] for i in INTERESTS}
+    balanced = [i for i in INTERESTS if by_interest[i]]
+
+    seen: set[tuple] = set()
+    requests: list[GenerationRequest] = []
+    # Duplicates are skipped rather than kept, so a small cell with few interest combinations
+    # can end up with fewer samples than asked; the attempt bound keeps that from looping.
+    for attempt in range(total * 20):
+        if len(requests) == total:
+            break
+        first = None
+        if config.strategy == "uniform":
+            cell = cells[attempt % len(cells)] if attempt < total else rng.choice(cells)
+        elif config.strategy == "interest-balanced":
+            first = balanced[attempt % len(balanced)]
+            cell = rng.choice(by_interest[first])
+        else:
+            cell = rng.choices(cells, weights=weights)[0]
+        interests = _interests_for(cell, rng, config, first)
+        if config.strategy == "uniform":
+            # Each pass over the cells shifts the style by one, so every cell sees every style.
+            style = styles[(attempt // len(cells) + attempt) % len(styles)]
+        else:
+            style = rng.choice(styles)
+        key = (cell.plus_code, interests, style)
+        if key in seen:
+            continue
+        seen.add(key)
+        requests.append(
+            GenerationRequest(
+                plus_code=cell.plus_code,
+                short_code=cell.short_code,
+                locality=cell.locality,
+                pois=cell.pois,
+                interests=interests,
+                style=style,
+                country=config.country,
+                language=config.language,
+                seed=rng.randrange(2**31),
+            )
+        )
+    return requests

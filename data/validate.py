@@ -1,0 +1,85 @@
+"""Checks every generated description must pass before it enters the corpus.
+
+A description must name its place, must not name a POI that lives in another cell (the classic
+way a writer model smuggles in a wrong place), and must fit its style's length band. The same
+checks serve the evaluation harness later (wrong-place rate, style compliance).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cached_property
+
+from data.generate.base import GenerationRequest
+from data.poi import POI
+from data.vocab import style_problems
+
+
+def _name_forms(name: str) -> list[str]:
+    """A name as prose uses it: 'The Domain' also appears as 'the Domain' or just 'Domain'."""
+    forms = [name]
+    bare = re.sub(r"\s*\(.*?\)\s*", " ", name).strip()
+    if bare != name:
+        forms.append(bare)
+    if bare.lower().startswith("the "):
+        forms.append(bare[4:])
+    return forms
+
+
+def _pattern(forms: Iterable[str], flags: int = 0) -> re.Pattern:
+    alternatives = "|".join(re.escape(f) for f in sorted(set(forms), key=len, reverse=True))
+    return re.compile(rf"(?<![\w]){'(?:' + alternatives + ')'}(?![\w])", flags)
+
+
+class PlaceNames:
+    """Every POI name of a dataset, to spot which ones a text mentions."""
+
+    def __init__(self, pois: Iterable[POI]):
+        self.pois = list(pois)
+
+    @cached_property
+    def _patterns(self) -> list[tuple[POI, re.Pattern]]:
+        # Case-sensitive: 'The Gap' the headland is a name, 'the gap' in a sentence is not.
+        return [(p, _pattern(_name_forms(p.name))) for p in self.pois]
+
+    def mentioned(self, text: str) -> list[POI]:
+        return [poi for poi, pat in self._patterns if pat.search(text)]
+
+
+def names_poi(text: str, poi: POI) -> bool:
+    return bool(_pattern(_name_forms(poi.name), re.IGNORECASE).search(text))
+
+
+def foreign_places(text: str, request: GenerationRequest, names: PlaceNames) -> list[str]:
+    """Names of POIs from other cells that the text mentions.
+
+    Words that belong to this cell are masked first: its POIs' names, their localities and
+    anything quoted in their facts, so 'Hyde Park Barracks' does not count as 'Hyde Park' and a
+    fact that itself names a neighbour stays allowed.
+    """
+    own = {p.id for p in request.pois}
+    masked = text
+    allowed = [f for p in request.pois for f in (*_name_forms(p.name), p.locality)]
+    masked = _pattern(allowed).sub(" ", masked)
+    facts = " ".join(f for p in request.pois for f in p.facts)
+    return [
+        p.name
+        for p in names.mentioned(masked)
+        if p.id not in own and not names_poi(facts, p)
+    ]
+
+
+def text_problems(text: str, request: GenerationRequest, names: PlaceNames) -> list[str]:
+    """Why a generated description is rejected, each 'category: detail'; empty when accepted."""
+    if not text.strip():
+        return ["empty: no text"]
+    problems = []
+    main = request.pois[0]
+    if not names_poi(text, main):
+        problems.append(f"unnamed: does not name {main.name!r}")
+    foreign = foreign_places(text, request, names)
+    if foreign:
+        problems.append(f"wrong place: names POI(s) of another cell {sorted(set(foreign))}")
+    problems += style_problems(text, request.style)
+    return problems

@@ -1,0 +1,143 @@
+"""The Plus Code layer: what a pin becomes, what a person may type, and how bad input fails."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from openlocationcode import openlocationcode as olc
+
+from data.geo import GeoError, Gazetteer, Locality, decode, encode, parse, plus_code_for, shorten
+
+OPERA_HOUSE = (-33.8568, 151.2153)
+
+
+def test_a_pin_becomes_a_full_code_and_a_short_code_near_the_biggest_city():
+    place = encode(*OPERA_HOUSE)
+    assert place.plus_code == "4RRH46V8+74"
+    assert (place.short_code, place.locality) == ("46V8+74", "Sydney")
+
+
+def test_eleven_digit_codes_are_supported_and_contain_the_point():
+    code = plus_code_for(*OPERA_HOUSE, digits=11)
+    assert len(code.replace("+", "")) == 11
+    area = olc.decode(code)
+    assert area.latitudeLo <= OPERA_HOUSE[0] < area.latitudeHi
+    assert area.longitudeLo <= OPERA_HOUSE[1] < area.longitudeHi
+
+
+@pytest.mark.parametrize("digits", [10, 11])
+@pytest.mark.parametrize(
+    "lat, lon",
+    [(-33.8568, 151.2153), (40.7484, -73.9857), (51.5007, -0.1246), (35.6586, 139.7454), (-22.9519, -43.2105)],
+)
+def test_full_to_short_plus_locality_to_full_round_trips(lat, lon, digits):
+    place = encode(lat, lon, digits)
+    assert place.short_code is not None
+    assert decode(place.short_code, place.locality).plus_code == place.plus_code
+
+
+def test_the_locality_is_the_most_populous_place_that_recovers_the_code():
+    gaz = Gazetteer(
+        [
+            Locality("Smallville", "AU", -33.86, 151.21, 2_000, 1),
+            Locality("Bigtown", "AU", -33.90, 151.10, 90_000, 2),
+            # Most populous, but too far away for recoverNearest to give the same code back.
+            Locality("Farcity", "AU", -34.70, 151.21, 5_000_000, 3),
+        ]
+    )
+    short, locality = shorten(plus_code_for(*OPERA_HOUSE), gaz)
+    assert locality == "Bigtown"
+    assert decode(short, locality, gaz).plus_code == plus_code_for(*OPERA_HOUSE)
+
+
+def test_an_ambiguous_locality_name_carries_its_country():
+    # Sydney, Nova Scotia: "Sydney" alone means the Australian city, the biggest of that name.
+    place = encode(46.1368, -60.1942)
+    assert place.locality == "Sydney, CA"
+    assert decode(place.short_code, "Sydney, CA").plus_code == place.plus_code
+    assert decode(place.short_code, "Sydney").plus_code != place.plus_code
+
+
+def test_localities_are_found_across_the_antimeridian():
+    gaz = Gazetteer([Locality("Eastend", "FJ", -16.80, 179.95, 5_000, 1)])
+    place = encode(-16.80, -179.95, gazetteer=gaz)
+    assert place.locality == "Eastend"
+    assert decode(place.short_code, "Eastend", gaz).plus_code == place.plus_code
+
+
+def test_open_ocean_has_a_full_code_but_no_short_code():
+    place = encode(0.0, -30.0)
+    assert place.plus_code == "69GG2222+22"
+    assert place.short_code is None and place.locality is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["-33.8568, 151.2153", "-33.8568 151.2153", "-33.8568,151.2153", "4RRH46V8+74", "46V8+74 Sydney",
+     "46v8+74 sydney", "46V8+74, Sydney", "46V8+74 Sydney, AU"],
+)
+def test_every_form_a_person_types_reaches_the_same_cell(text):
+    assert parse(text).plus_code == "4RRH46V8+74"
+
+
+def test_decoding_gives_the_cell_centre():
+    place = decode("4RRH46V8+74")
+    assert place.latitude == pytest.approx(-33.8568125)
+    assert place.longitude == pytest.approx(151.2153125)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: encode(math.nan, 151.2), "latitude is NaN"),
+        (lambda: encode(-33.8, math.inf), "longitude is infinite"),
+        (lambda: encode(-91, 151.2), "latitude -91.0 is outside -90..90"),
+        (lambda: encode(-33.8, 180.5), "longitude 180.5 is outside -180..180"),
+        (lambda: decode("4RRH46V8+7"), "invalid Plus Code"),
+        (lambda: decode("hello"), "invalid Plus Code"),
+        (lambda: decode("46V8+74"), "needs a locality"),
+        (lambda: decode("46V8+74", "Atlantisville"), "unknown locality 'Atlantisville'"),
+        (lambda: decode("46V8+74", "Sydney, ZZ"), "unknown locality"),
+        (lambda: decode("4RRH46V8+"), "8-digit area"),
+        (lambda: decode("4RRH0000+"), "4-digit area"),
+        (lambda: parse(""), "empty location"),
+        (lambda: parse("somewhere nice"), "cannot read"),
+        (lambda: parse("nan, 3"), "latitude is NaN"),
+        (lambda: plus_code_for(1, 2, digits=12), "10 or 11 digits"),
+    ],
+)
+def test_bad_input_raises_one_error_type_that_says_what_was_wrong(call, message):
+    with pytest.raises(GeoError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        call()
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "data.geo", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_encode_and_decode_print_json():
+    out = _cli("encode", "-33.8568", "151.2153")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"plus_code": "4RRH46V8+74", "short_code": "46V8+74", "locality": "Sydney"}
+    out = _cli("decode", "46V8+74", "Sydney")
+    assert out.returncode == 0, out.stderr
+    decoded = json.loads(out.stdout)
+    assert decoded["plus_code"] == "4RRH46V8+74"
+    assert decoded["latitude"] == pytest.approx(-33.8568125)
+    assert decoded["longitude"] == pytest.approx(151.2153125)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(("encode", "nan", "151"), "NaN"), (("encode", "95", "151"), "outside"),
+     (("encode", "north", "151"), "not a number"), (("decode", "46V8+74"), "needs a locality"),
+     (("decode", "ZZZ+"), "invalid Plus Code")],
+)
+def test_cli_prints_the_error_and_exits_with_status_2(args, message):
+    out = _cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and out.stdout == ""
