@@ -21,6 +21,7 @@ from data.vocab import INTERESTS, STYLES
 STRATEGIES = ("uniform", "interest-balanced", "density")
 SPLITS = ("train", "val", "test")
 _DENSITY_RADIUS_M = 500.0
+_RETRIES_PER_SLOT = 30
 
 
 @dataclass(frozen=True)
@@ -130,27 +131,26 @@ def sample_requests(
 
     seen: set[tuple] = set()
     requests: list[GenerationRequest] = []
-    # Duplicates are skipped rather than kept, so a small cell with few interest combinations
-    # can end up with fewer samples than asked; the attempt bound keeps that from looping.
-    for attempt in range(total * 20):
-        if len(requests) == total:
-            break
-        first = None
-        if config.strategy == "uniform":
-            cell = cells[attempt % len(cells)] if attempt < total else rng.choice(cells)
-        elif config.strategy == "interest-balanced":
-            first = balanced[attempt % len(balanced)]
-            cell = rng.choice(by_interest[first])
+    for slot in range(total):
+        # A slot retries until it finds a request not seen yet. A cell with few interests has few
+        # distinct requests, so after the bound a slot stays empty rather than repeat one.
+        for attempt in range(_RETRIES_PER_SLOT):
+            first = None
+            if config.strategy == "uniform":
+                # Slots walk the cells in order, so every cell gets the same count; each pass
+                # shifts the style by one, so every cell sees every style.
+                cell = cells[slot % len(cells)]
+                style = styles[(slot // len(cells) + slot + attempt) % len(styles)]
+            elif config.strategy == "interest-balanced":
+                first = balanced[slot % len(balanced)]
+                cell, style = rng.choice(by_interest[first]), rng.choice(styles)
+            else:
+                cell, style = rng.choices(cells, weights=weights)[0], rng.choice(styles)
+            interests = _interests_for(cell, rng, config, first)
+            key = (cell.plus_code, interests, style)
+            if key not in seen:
+                break
         else:
-            cell = rng.choices(cells, weights=weights)[0]
-        interests = _interests_for(cell, rng, config, first)
-        if config.strategy == "uniform":
-            # Each pass over the cells shifts the style by one, so every cell sees every style.
-            style = styles[(attempt // len(cells) + attempt) % len(styles)]
-        else:
-            style = rng.choice(styles)
-        key = (cell.plus_code, interests, style)
-        if key in seen:
             continue
         seen.add(key)
         requests.append(

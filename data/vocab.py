@@ -78,19 +78,19 @@ STYLES: dict[str, StyleSpec] = {
 # from sources that carry no interests of their own.
 INTEREST_CUES: dict[str, str] = {
     "architecture": r"architect|design|built|building|style|gothic|revival|deco|sandstone|facade|"
-    r"tower|dome|spire|storey|arch|brick|victorian|georgian|modernist|heritage-listed|span|steel",
-    "history": r"\b1[6-9]\d\d\b|\b20[0-2]\d\b|founded|colonial|convict|first|oldest|governor|war|"
+    r"tower|dome|spire|storey|arch(?:es|ed)?\b|brick|victorian|georgian|modernist|heritage-listed|spans?\b|steel",
+    "history": r"\b1[6-9]\d\d\b|\b20[0-2]\d\b|founded|colonial|convict|first|oldest|governor|wars?\b|wartime|"
     r"history|historic|heritage|century|origin|named after|former",
-    "art": r"\bart|gallery|galleries|painting|sculpture|artist|collection|exhibition|mural|portrait",
-    "food": r"food|eat|restaurant|cafe|café|seafood|market|dining|dumpling|bakery|coffee|pub|bar\b|"
+    "art": r"art(?!\s+(?:deco|nouveau|moderne))\b|gallery|galleries|painting|sculpture|artist|collection|exhibition|mural|portrait",
+    "food": r"food|eat|restaurant|cafe|café|seafood|market|dining|dumpling|bakery|coffee|pubs?\b|bar\b|"
     r"cuisine|chef|fish|wine|beer|yum cha",
     "nature": r"garden|park|tree|bush|plant|bird|wildlife|native|reserve|national park|walk|"
-    r"track|cliff|rock|harbour|fig|botanic",
-    "beaches": r"beach|surf|swim|sand|pool|wave|bay|cove|ocean|rock pool|lifesav",
+    r"track|cliff|rock|harbour|figs?\b|botanic",
+    "beaches": r"beach|surf|swim|sand\b|sands\b|sandy|pool|wave|bay|coves?\b|ocean|rock pool|lifesav",
     "culture": r"museum|theatre|performance|concert|festival|culture|aboriginal|indigenous|gadigal|"
     r"church|cathedral|library|music|opera",
-    "shopping": r"shop|store|boutique|arcade|market|stall|retail|mall|fashion|souvenir",
-    "nightlife": r"night|bar\b|pub|club|live music|cocktail|late|evening|hotel",
+    "shopping": r"shop|stores?\b|boutique|arcade|market|stall|retail|mall|fashion|souvenir",
+    "nightlife": r"night|bar\b|pubs?\b|club|live music|cocktail|late\b|evening|hotel",
     "family": r"child|children|kids|family|families|play|zoo|aquarium|picnic|animal|ride",
     "sport": r"sport|cricket|rugby|football|stadium|ground|race|olympic|match|game|athlet|seats",
     "views": r"view|lookout|panoram|overlook|vista|skyline|sunset|sunrise|vantage|summit|height",
