@@ -88,3 +88,25 @@ def test_training_learns_merges_for_frequent_words(tokenizer):
 def test_too_small_a_vocabulary_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(TEXTS, vocab_size=100)
+
+
+def test_the_cli_trains_on_a_built_corpus_and_saves_a_loadable_directory(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from data.build import BuildConfig, build
+
+    corpus = tmp_path / "corpus"
+    build(BuildConfig(out=corpus, pois=(Path(__file__).parent / "fixtures" / "pois_small.jsonl",), progress=False))
+    run = subprocess.run([sys.executable, "-m", "models.tokenizer", "--data", str(corpus), "--out", str(tmp_path / "tok"),
+                          "--vocab-size", "600"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["vocab_size"] <= 600
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    row = json.loads((corpus / "train.jsonl").read_text().splitlines()[0])
+    assert tok.decode(tok(row["target"])["input_ids"]) == row["target"]
+    missing = subprocess.run([sys.executable, "-m", "models.tokenizer", "--data", str(tmp_path / "none"), "--out",
+                              str(tmp_path / "t2")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "train.jsonl" in missing.stderr
