@@ -15,9 +15,7 @@ same build sends no request.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -29,6 +27,7 @@ from data.generate.base import GenerationError, GenerationRequest, GenerationRes
 from data.generate.registry import BACKENDS, WriterOptions, make_generator
 from data.generate.template import __file__ as TEMPLATE_SOURCE
 from data.generate.writer_prompt import TEMPLATE_FILES
+from data.io import sha256_file, write_atomic
 from data.poi import SYDNEY, POI, POIError
 from data.poi.loaders import load_any
 from data.sampling import SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, sample_requests, split_cells
@@ -45,20 +44,6 @@ class BuildConfig:
     writer: WriterOptions = field(default_factory=WriterOptions)
     limit: int | None = None  # at most this many requests per split: a cheap trial of a paid backend
     progress: bool = True
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _row(request: GenerationRequest, result: GenerationResult) -> dict:
@@ -141,9 +126,9 @@ def build(config: BuildConfig) -> dict:
     for split in SPLITS:
         rows = [accepted[k] for k in sorted(accepted) if requests[k][0] == split]
         counts[split] = len(rows)
-        _write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rejects.sort(key=lambda r: r.pop("order"))
-    _write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     _write_texts(out / "texts", [accepted[k] for k in sorted(accepted)], {c.plus_code: c for c in cells})
 
     accounting = getattr(generator, "accounting", None)
@@ -172,7 +157,7 @@ def build(config: BuildConfig) -> dict:
             "limit": config.limit,
         },
     }
-    _write_atomic(out / "snapshot.json", json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / "snapshot.json", json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -185,7 +170,7 @@ def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:
         lines = [f"# {code} ({cell.short_code} {cell.locality}): {', '.join(p.name for p in cell.pois)}", ""]
         for row in cell_rows:
             lines += [f"## {row['style']} · {', '.join(row['interests'])}", row["target"], ""]
-        _write_atomic(folder / f"{code}.txt", "\n".join(lines))
+        write_atomic(folder / f"{code}.txt", "\n".join(lines))
 
 
 def _parser() -> argparse.ArgumentParser:

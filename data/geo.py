@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 from openlocationcode import openlocationcode as olc  # the package's top-level import is broken
 
+from data.io import write_atomic
+
 SHORT_DROP = 4  # digits replaced by the locality, as Google Maps does for nearby places
 # Recovering a 4-digit-shortened code is exact only within half a degree of the reference;
 # search a little wider and let recoverNearest have the final word.
@@ -102,7 +104,10 @@ class Gazetteer:
                  int(c["population"] or 0), int(c["geonameid"]), _fold(c["name"])]
                 for c in cities.get_cities().values()
             ]
-            _write_atomic(cache, json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
+            try:
+                write_atomic(cache, json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
+            except OSError:
+                pass  # a read-only home only costs speed
         return cls([Locality(*r[:6]) for r in rows], [r[6] for r in rows])
 
     def near(self, lat: float, lon: float, degrees: float = _SEARCH_DEGREES) -> list[Locality]:
@@ -141,17 +146,6 @@ class Gazetteer:
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "offline-tour-guide"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file so an interrupted run never leaves half a cache behind."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs speed
 
 
 def _split_country(text: str) -> tuple[str, str | None]:
