@@ -1,7 +1,7 @@
 """Build the tour corpus: POIs -> Plus Code cells -> sampled requests -> validated descriptions.
 
     python -m data.build --backend template --out out/corpus
-    python -m data.build --backend anthropic --model claude-sonnet-4-5 --out out/corpus-claude
+    python -m data.build --backend anthropic --out out/corpus-claude
     python -m data.build --backend openai --base-url http://gpu-box:8000/v1 --model Qwen/Qwen3-32B --out out/corpus-qwen
 
 Writes to --out: train.jsonl, val.jsonl, test.jsonl (one sample a line: plus_code, short_code,
@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult
-from data.generate.registry import BACKENDS, WriterOptions, make_generator
+from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, WriterOptions, make_generator
 from data.generate.template import __file__ as TEMPLATE_SOURCE
 from data.generate.writer_prompt import TEMPLATE_FILES
 from data.io import sha256_file, write_atomic
@@ -184,14 +184,15 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"POI file (.jsonl in our schema, .csv, or NYC LPC .geojson); repeatable (default: {SYDNEY.name})")
     p.add_argument("--backend", choices=BACKENDS, default="template", help="who writes the descriptions")
     g = p.add_argument_group("writer models (anthropic, openai)")
-    g.add_argument("--model", help="model name (anthropic default: claude-sonnet-4-5; openai: required)")
+    g.add_argument("--model", help=f"model name (anthropic default: {DEFAULT_CLAUDE}; openai: required)")
     g.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:8000/v1 for vLLM (openai: required)")
     g.add_argument("--cache-dir", type=Path, default=Path(".cache/generate"), help="on-disk cache of answers")
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     g.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx, timeouts, malformed bodies")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-tokens", type=int, default=700, help="answer length cap")
-    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--temperature", type=float,
+                   help="sampling temperature (openai default 0.7; the Anthropic API refuses one)")
     g.add_argument("--price-in", type=float, help="USD per million input tokens (overrides the built-in table)")
     g.add_argument("--price-out", type=float, help="USD per million output tokens")
     s = p.add_argument_group("sampling")

@@ -196,3 +196,37 @@ def test_cli_help_documents_every_option_and_bad_input_exits_2(tmp_path):
     no_url = subprocess.run([sys.executable, "-m", "data.build", "--out", str(tmp_path), "--pois", str(FIXTURE),
                              "--backend", "openai"], capture_output=True, text=True)
     assert no_url.returncode == 2 and "--base-url" in no_url.stderr
+
+
+def test_the_cli_writes_a_corpus_with_claude_through_the_real_sdk_and_reruns_for_free(tmp_path):
+    from fake_llm_server import Behaviour, FakeLLMServer
+
+    opera = load_pois(FIXTURE)[:1]
+    src = tmp_path / "opera.jsonl"
+    src.write_text(json.dumps(opera[0].to_dict(), ensure_ascii=False) + "\n")
+    # Two sentences with a question: fits brief and stimulate, too short for detailed.
+    answer = ("The Sydney Opera House opened in 1973 on Bennelong Point, to a design by Jørn Utzon. "
+              "Walk around its shells at sunset: can you see how the tiles catch the light over the water?")
+    args = [sys.executable, "-m", "data.build", "--backend", "anthropic", "--pois", str(src), "--out",
+            str(tmp_path / "corpus"), "--cache-dir", str(tmp_path / "cache"), "--samples-per-cell", "3",
+            "--no-progress", "--model", "claude-sonnet-4-5"]
+    env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "test-key"}
+    with FakeLLMServer() as server:
+        server.script(*[Behaviour.ok(answer, input_tokens=400, output_tokens=40)] * 3)
+        run = subprocess.run([*args, "--base-url", server.url], capture_output=True, text=True, env=env, timeout=120)
+        assert run.returncode == 0, run.stderr
+        summary = json.loads(run.stdout)
+        assert len(server.requests) == 3
+        assert summary["accounting"]["input_tokens"] == 1200 and summary["accounting"]["output_tokens"] == 120
+        assert summary["accounting"]["cost_usd"] == pytest.approx((1200 * 3 + 120 * 15) / 1e6)
+        assert sum(summary["accepted"].values()) == 2 and summary["rejected"] == 1
+        assert summary["reject_reasons"]["sentences"] == 1
+        rows = [json.loads(line) for s in ("train", "val", "test")
+                for line in (tmp_path / "corpus" / f"{s}.jsonl").read_text().splitlines()]
+        assert {r["style"] for r in rows} == {"brief", "stimulate"} and rows[0]["target"] == answer
+        assert rows[0]["writer"] == "claude-sonnet-4-5"
+
+        again = subprocess.run([*args, "--base-url", server.url], capture_output=True, text=True, env=env, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert len(server.requests) == 3, "the rerun is answered from the cache"
+        assert json.loads(again.stdout)["accounting"]["cache_hits"] == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 from data.generate.base import Generator
 
 BACKENDS = ("template", "anthropic", "openai")
+DEFAULT_CLAUDE = "claude-sonnet-5"
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class WriterOptions:
     max_retries: int = 5
     timeout: float = 60.0
     max_tokens: int = 700
-    temperature: float = 0.7
+    # None leaves sampling to the server: Anthropic's current API rejects temperature outright.
+    temperature: float | None = None
     price_in: float | None = None  # USD per million tokens; None uses the built-in table
     price_out: float | None = None
 
@@ -36,7 +38,6 @@ def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Ge
         max_retries=options.max_retries,
         timeout=options.timeout,
         max_tokens=options.max_tokens,
-        temperature=options.temperature,
         price_in=options.price_in,
         price_out=options.price_out,
     )
@@ -44,14 +45,19 @@ def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Ge
         if backend == "anthropic":
             from data.generate.anthropic_backend import AnthropicGenerator
 
-            model = options.model or "claude-sonnet-4-5"
-            return AnthropicGenerator(model, base_url=options.base_url, **llm_options)
+            model = options.model or DEFAULT_CLAUDE
+            return AnthropicGenerator(
+                model, base_url=options.base_url, temperature=options.temperature, **llm_options
+            )
         if backend == "openai":
             from data.generate.openai_backend import OpenAIGenerator
 
             if not options.base_url or not options.model:
                 raise ValueError("the openai backend needs --base-url and --model")
-            return OpenAIGenerator(options.model, base_url=options.base_url, **llm_options)
+            temperature = 0.7 if options.temperature is None else options.temperature
+            return OpenAIGenerator(
+                options.model, base_url=options.base_url, temperature=temperature, **llm_options
+            )
     except ImportError as exc:
         raise ValueError(
             f"the {backend} backend needs its SDK: pip install -e '.[generate]' ({exc})"
