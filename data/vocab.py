@@ -113,6 +113,8 @@ _SUGGESTION = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_INITIAL = re.compile(r"[A-Z]")
+_ABBREVIATIONS = {"st", "mt", "dr", "mr", "mrs", "ms", "no", "e.g", "i.e", "vs", "approx", "c", "ca"}
 _WORD = re.compile(r"[\w'’-]+")
 
 
@@ -121,13 +123,19 @@ def count_words(text: str) -> int:
 
 
 def count_sentences(text: str) -> int:
-    # Decimal points and abbreviations like "St." are rare in tour prose; a text without a final
-    # full stop still counts its last sentence.
+    """Sentences, not full stops: initials ("J. F. Archibald") and abbreviations ("St.") do not
+    end one, and a last sentence without its full stop still counts."""
     stripped = text.strip()
     if not stripped:
         return 0
-    ends = len(_SENTENCE_END.findall(stripped))
-    return ends if _SENTENCE_END.search(stripped[-1:] + " ") else ends + 1
+    ends = 0
+    for m in _SENTENCE_END.finditer(stripped):
+        before = stripped[: m.start()].rsplit(None, 1)[-1] if stripped[: m.start()].strip() else ""
+        if m.group().startswith(".") and (_INITIAL.fullmatch(before) or before.lower() in _ABBREVIATIONS):
+            continue
+        ends += 1
+    last_is_end = bool(_SENTENCE_END.search(stripped[-1:] + " "))
+    return ends if last_is_end else ends + 1
 
 
 def style_problems(text: str, style: str) -> list[str]:
