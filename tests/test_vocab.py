@@ -21,7 +21,7 @@ def test_words_count_hyphenated_and_accented_words_once():
 
 def test_style_bands():
     assert style_problems("The Opera House opened in 1973.", "brief") == []
-    assert style_problems("Too. Many. Sentences here.", "brief")[0].startswith("sentences:")
+    assert [p.split(":")[0] for p in style_problems("One here. Two here. And three more words.", "brief")] == ["sentences"]
     flat = " ".join(["The great hall has more than two thousand seats."] * 4)
     assert any(p.startswith("engagement:") for p in style_problems(flat, "stimulate"))
     assert style_problems(flat + " What will you hear?", "stimulate") == []
