@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult, ProgressCallback
 from data.generate.writer_prompt import render
+from data.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +175,11 @@ class ResponseCache:
 
     def put(self, key: str, record: dict) -> None:
         target = self.path(key)
-        # pid and thread in the name: two workers answering the same prompt must not share a tmp file
-        tmp = target.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
-            os.replace(tmp, target)
+            write_atomic(target, json.dumps(record, ensure_ascii=False, indent=1))
         except OSError as exc:
             # The answer is still good for this run; losing only its reuse beats failing the request.
             log.warning("could not write cache entry %s: %s", target, exc)
-            tmp.unlink(missing_ok=True)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.directory.glob("*.json")) if self.directory.is_dir() else 0
