@@ -144,7 +144,7 @@ def build(config: BuildConfig) -> dict:
     }
     snapshot = {
         **summary,
-        "inputs": {str(p): sha256_file(Path(p)) for p in config.pois},
+        "inputs": {_display_path(p): sha256_file(Path(p)) for p in config.pois},
         "prompt_templates": {
             str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
             for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
@@ -159,6 +159,15 @@ def build(config: BuildConfig) -> dict:
     }
     write_atomic(out / "snapshot.json", json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working directory when inside it, so snapshots compare across clones."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
 
 
 def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:

@@ -175,7 +175,7 @@ def test_build_writes_splits_texts_rejects_and_a_snapshot(tmp_path):
     assert summary["reject_reasons"] == {"length": len(rejects)}
 
     snapshot = json.loads((out / "snapshot.json").read_text())
-    assert set(snapshot["inputs"]) == {str(src)}
+    assert set(snapshot["inputs"]) == {str(src.resolve())}  # outside the working directory: absolute
     assert {"data/generate/prompts/system.txt", "data/generate/prompts/user.txt",
             "data/generate/template.py"} == set(snapshot["prompt_templates"])
     first = (out / "train.jsonl").read_bytes()
