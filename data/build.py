@@ -90,7 +90,6 @@ def build(config: BuildConfig) -> dict:
     generator = make_generator(config.backend, config.writer)
     names = PlaceNames(pois)
     order = {id(r): k for k, (_, r) in enumerate(requests)}
-    split_of = {id(r): s for s, r in requests}
     accepted: dict[int, dict] = {}
     rejects: list[dict] = []
     reasons: Counter[str] = Counter()
@@ -106,7 +105,7 @@ def build(config: BuildConfig) -> dict:
                 problems = text_problems(text, request, names)
             if problems:
                 reasons.update(p.split(":")[0] for p in problems)
-                rejects.append({"split": split_of[id(request)], "plus_code": request.plus_code,
+                rejects.append({"split": requests[k][0], "plus_code": request.plus_code,
                                 "poi_ids": request.poi_ids, "style": request.style,
                                 "interests": list(request.interests), "text": text,
                                 "reasons": problems, "order": k})

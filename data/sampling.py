@@ -125,7 +125,12 @@ def sample_requests(
     rng = random.Random(f"{config.seed}:{config.strategy}:{salt}")
     total = max(1, round(config.samples_per_cell * len(cells)))
     styles = list(STYLES)
-    weights = density_weights(cells, all_pois or [p for c in cells for p in c.pois])
+    # Quadratic in the POI count, so only the strategy that uses it pays for it.
+    weights = (
+        density_weights(cells, all_pois or [p for c in cells for p in c.pois])
+        if config.strategy == "density"
+        else None
+    )
     by_interest = {i: [c for c in cells if i in c.interests] for i in INTERESTS}
     balanced = [i for i in INTERESTS if by_interest[i]]
 

@@ -54,14 +54,12 @@ def names_poi(text: str, poi: POI) -> bool:
 def foreign_places(text: str, request: GenerationRequest, names: PlaceNames) -> list[str]:
     """Names of POIs from other cells that the text mentions.
 
-    Words that belong to this cell are masked first: its POIs' names, their localities and
-    anything quoted in their facts, so 'Hyde Park Barracks' does not count as 'Hyde Park' and a
-    fact that itself names a neighbour stays allowed.
+    This cell's own names and localities are masked first, so 'Hyde Park Barracks' does not
+    count as 'Hyde Park'; a neighbour that the cell's own facts name stays allowed.
     """
     own = {p.id for p in request.pois}
-    masked = text
     allowed = [f for p in request.pois for f in (*_name_forms(p.name), p.locality)]
-    masked = _pattern(allowed).sub(" ", masked)
+    masked = _pattern(allowed).sub(" ", text)
     facts = " ".join(f for p in request.pois for f in p.facts)
     return [
         p.name
