@@ -81,3 +81,31 @@ def text_problems(text: str, request: GenerationRequest, names: PlaceNames) -> l
         problems.append(f"wrong place: names POI(s) of another cell {sorted(set(foreign))}")
     problems += style_problems(text, request.style)
     return problems
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+# Short function words carry no fact; numbers always do ("1932", "134").
+_MIN_LETTERS = 4
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w.isdigit() or len(w) >= _MIN_LETTERS}
+
+
+def fact_present(fact: str, text: str, threshold: float = 0.8) -> bool:
+    """Whether a text states a fact: most of the fact's content words and all of its numbers
+    appear. Loose enough for rephrasing by a writer model, strict enough that a wrong year or
+    a wrong architect fails."""
+    words = _content_words(fact)
+    if not words:
+        return False
+    found = _content_words(text)
+    numbers = {w for w in words if w.isdigit()}
+    return numbers <= found and len(words & found) >= threshold * len(words)
+
+
+def facts_recalled(generated: str, reference: str, pois: Iterable[POI]) -> tuple[int, int]:
+    """(recalled, expected): of the POI facts the reference states, how many the generated
+    text states too. A model that memorised its training places recalls most of them."""
+    expected = [f for poi in pois for f in poi.facts if fact_present(f, reference)]
+    return sum(fact_present(f, generated) for f in expected), len(expected)

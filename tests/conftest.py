@@ -3,3 +3,30 @@ from pathlib import Path
 
 # Test helpers (the fake LLM server) import as plain modules.
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A template corpus of the six fixture POIs: every split non-empty, built in a second."""
+    from data.build import BuildConfig, build
+    from data.sampling import SamplingConfig
+
+    out = tmp_path_factory.mktemp("corpus")
+    build(BuildConfig(out=out, pois=(FIXTURES / "pois_small.jsonl",), progress=False,
+                      sampling=SamplingConfig(samples_per_cell=8, val_fraction=0.2, test_fraction=0.2)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_teacher(tiny_corpus, tmp_path_factory) -> Path:
+    """The micro proxy teacher, trained through its CLI exactly as the README says."""
+    from models.proxy import main
+
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["--preset", "micro", "--data", str(tiny_corpus), "--out", str(out),
+                 "--pois", str(FIXTURES / "pois_small.jsonl"), "--device", "cpu"]) == 0
+    return out

@@ -1,0 +1,65 @@
+"""PNG figures of a layer analysis: the all-pairs similarity heatmaps and per-layer curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _state_labels(states: list[str]) -> list[str]:
+    # "output.7" -> "7" (the state after layer 7), "input.0" -> "in0"
+    return [name.split(".")[1] if name.startswith("output") else "in" + name.split(".")[1] for name in states]
+
+
+def plot_similarity(result: dict, out_dir: Path) -> Path:
+    """Cosine and linear CKA between every pair of residual states, unweighted and weighted."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10), constrained_layout=True)
+    labels = _state_labels(result["unweighted"]["states"])
+    step = max(1, len(labels) // 16)
+    for row, variant in enumerate(("unweighted", "weighted")):
+        for col, (key, title) in enumerate((("pair_cos", "cosine"), ("pair_cka", "linear CKA"))):
+            ax = axes[row][col]
+            image = ax.imshow(result[variant][key], vmin=0 if key == "pair_cka" else None, vmax=1, cmap="viridis")
+            ax.set_title(f"{title}, {variant}")
+            ticks = list(range(0, len(labels), step))
+            ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=90, fontsize=7)
+            ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=7)
+            ax.set_xlabel("residual state (layer output)")
+            fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"Layer similarity: {Path(result['model']).name}, {result['samples']} samples, {result['tokens']} tokens")
+    path = out_dir / "similarity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_importance(result: dict, out_dir: Path) -> Path:
+    """Per-layer block influence, attention/FFN split, angular distance and composite importance."""
+    layers = result["layers"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    panels = (
+        ("block_influence", "block influence (1 - cos in/out)"),
+        ("angular_1", "angular distance, n = 1"),
+        ("importance", "composite importance"),
+        ("sparsity", "output sparsity"),
+    )
+    for ax, (key, title) in zip(axes.flat, panels):
+        for variant, style in (("unweighted", "-o"), ("weighted", "--s")):
+            ax.plot(layers, result[variant][key], style, markersize=3, label=variant)
+        if key == "block_influence":
+            for variant, style in (("unweighted", ":"),):
+                ax.plot(layers, [1 - c for c in result[variant]["cos_attn"]], style, label="attention only")
+                ax.plot(layers, [1 - c for c in result[variant]["cos_ffn"]], style, label="FFN only")
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Per-layer redundancy (low = candidate for deletion)")
+    path = out_dir / "importance.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,261 @@
+"""Streaming activation statistics: fixed-size sums that every redundancy and importance
+score is computed from, whatever the number of tokens.
+
+One sample's activations arrive as a dict (see `SAMPLE_KEYS`), each tensor [tokens, width], with
+one weight per token: the entropy of the teacher's next-token distribution there. Every sum is
+kept twice, with those weights ("weighted") and with weight 1 ("unweighted"), so the analysis can
+say whether weighting the uncertain tokens changes which layers look redundant.
+
+Residual states are compared across layers as the pre-norm stream (`residual_states`): the
+input of the first captured layer, then each captured layer's output (a forward hook's output,
+never Hugging Face's last hidden state, which has the final norm applied).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+VARIANTS = ("unweighted", "weighted")
+# Per token, an activation counts as "off" when it is below 1% of that token's RMS: a
+# scale-free sparsity that means the same in a 64-wide proxy and in Qwen3-32B.
+SPARSE_FRACTION = 0.01
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    heads: int
+    head_dim: int
+    intermediate: int
+
+    @classmethod
+    def of(cls, config) -> "Dims":
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return cls(config.hidden_size, heads, head_dim, config.intermediate_size)
+
+
+def sample_keys(layers: list[int]) -> list[str]:
+    """Tensor names of one captured sample. `input.L` is stored only where layer L's input is
+    not the previous captured layer's output."""
+    keys = []
+    for k, layer in enumerate(layers):
+        if k == 0 or layers[k - 1] != layer - 1:
+            keys.append(f"input.{layer}")
+        keys += [f"post_attn.{layer}", f"output.{layer}", f"o_proj_in.{layer}", f"down_proj_in.{layer}"]
+    return keys
+
+
+def layer_input(sample: dict[str, torch.Tensor], layers: list[int], k: int) -> torch.Tensor:
+    layer = layers[k]
+    return sample.get(f"input.{layer}", sample.get(f"output.{layer - 1}"))
+
+
+def residual_states(layers: list[int]) -> tuple[list[str], list[tuple[int, int]]]:
+    """The residual states compared across layers, in depth order, and for each captured layer
+    the indices of its input and output state. Contiguous layers share states (one layer's
+    output is the next one's input); a gap adds the input of the layer after it."""
+    names: list[str] = []
+    spans = []
+    for key in sample_keys(layers):
+        kind, layer = key.split(".")
+        if kind == "input":
+            names.append(key)
+        elif kind == "output":
+            names.append(key)
+            spans.append((len(names) - 2, len(names) - 1))
+    return names, spans
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=EPS)
+
+
+def _small(x: torch.Tensor) -> torch.Tensor:
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+    return (x.abs() < SPARSE_FRACTION * rms).to(x.dtype)
+
+
+def stat_shapes(layers: list[int], dims: Dims) -> dict[str, tuple[int, ...]]:
+    """Shape of each sum of one variant: fixed by the model, never by the number of tokens."""
+    n, s = len(layers), len(residual_states(layers)[0])
+    return {
+        "weight_sum": (), "tokens": (),
+        "cos_layer": (n,), "cos_attn": (n,), "cos_ffn": (n,),
+        "norm": (n,), "sparsity": (n,),
+        "pair_cos": (s, s), "pair_angle": (s, s), "hsic": (s, s),
+        "channel_sum": (n, dims.hidden), "channel_sq": (n, dims.hidden),
+        "channel_imp_sq": (n, dims.hidden), "channel_sparse": (n, dims.hidden),
+        "head_sum": (n, dims.heads), "head_sq": (n, dims.heads),
+        "head_imp_sq": (n, dims.heads), "head_sparse": (n, dims.heads),
+        "neuron_sum": (n, dims.intermediate), "neuron_sq": (n, dims.intermediate),
+        "neuron_imp_sq": (n, dims.intermediate), "neuron_sparse": (n, dims.intermediate),
+    }
+
+
+class StreamStats:
+    """Accumulates the sums; `state_dict()` / `load_state_dict()` checkpoint them."""
+
+    def __init__(self, layers: list[int], dims: Dims, cka_tokens: int = 256, device="cpu", layers_per_chunk: int = 8):
+        self.layers, self.dims, self.cka_tokens = list(layers), dims, cka_tokens
+        self.layers_per_chunk = layers_per_chunk
+        self.device = torch.device(device)
+        shapes = stat_shapes(self.layers, dims)
+        # One float64 tensor per statistic, [2, ...]: row 0 unweighted, row 1 weighted.
+        self.sums = {name: torch.zeros((2, *shape), dtype=torch.float64, device=self.device)
+                     for name, shape in shapes.items()}
+        self.samples = 0
+
+    # -- accumulation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, sample: dict[str, torch.Tensor], entropy: torch.Tensor) -> None:
+        """Add one sample. Both variants are computed together ([2, T] weights) and layers in
+        chunks of `layers_per_chunk`, so the op count stays small for a proxy on a CPU and the
+        float32 copies stay bounded for Qwen3-32B on a GPU."""
+        dev = self.device
+        entropy = entropy.to(dev, torch.float32).clamp_min(0)
+        tokens = entropy.shape[0]
+        ones = torch.ones_like(entropy)
+        # A sample the teacher is certain about everywhere would add nothing; give it a tiny
+        # uniform weight rather than dividing by zero.
+        weighted = entropy if float(entropy.sum()) > 0 else ones * EPS
+        W = torch.stack([ones, weighted])  # [2, T], in VARIANTS order
+        P = W / W.sum(1, keepdim=True)  # per-sample token distribution
+
+        states = torch.stack([sample[n].to(dev, torch.float32) for n in residual_states(self.layers)[0]])
+        unit = torch.nn.functional.normalize(states, dim=-1, eps=EPS)
+        pair = torch.einsum("itd,jtd->tij", unit, unit).clamp(-1, 1)  # [T, S, S]
+        adds: dict[str, torch.Tensor] = {
+            "weight_sum": W.sum(1),
+            "tokens": torch.full((2,), float(tokens), device=dev),
+            "pair_cos": torch.einsum("vt,tij->vij", W, pair),
+            "pair_angle": torch.einsum("vt,tij->vij", W, torch.arccos(pair) / math.pi),
+        }
+        del pair, unit
+        cka_idx = torch.linspace(0, tokens - 1, min(tokens, self.cka_tokens), device=dev).round().long().unique()
+        adds["hsic"] = torch.stack([self._hsic(states[:, cka_idx], W[v, cka_idx]) for v in range(2)])
+        del states
+
+        per_layer: dict[str, list[torch.Tensor]] = {}
+        chunk = self.layers_per_chunk
+        for start in range(0, len(self.layers), chunk):
+            ks = range(start, min(start + chunk, len(self.layers)))
+            for name, value in self._layer_chunk(sample, list(ks), W, P).items():
+                per_layer.setdefault(name, []).append(value)
+        adds.update({name: torch.cat(parts, dim=1) for name, parts in per_layer.items()})
+        for name, value in adds.items():
+            self.sums[name] += value
+        self.samples += 1
+
+    def _layer_chunk(self, sample, ks: list[int], W, P) -> dict[str, torch.Tensor]:
+        """Per-layer sums of layers `ks`, each [2, len(ks), ...]."""
+        dev, layers = self.device, self.layers
+
+        def stack(keys):
+            return torch.stack([sample[key].to(dev, torch.float32) for key in keys])
+
+        inp = torch.stack([layer_input(sample, layers, k).to(dev, torch.float32) for k in ks])  # [L, T, d]
+        mid = stack([f"post_attn.{layers[k]}" for k in ks])
+        out = stack([f"output.{layers[k]}" for k in ks])
+        adds = {
+            "cos_layer": torch.einsum("vt,lt->vl", W, _cos(inp, out)),
+            "cos_attn": torch.einsum("vt,lt->vl", W, _cos(inp, mid)),
+            "cos_ffn": torch.einsum("vt,lt->vl", W, _cos(mid, out)),
+            "norm": torch.einsum("vt,lt->vl", W, out.norm(dim=-1)),
+        }
+        del inp, mid
+        small = _small(out)
+        adds["sparsity"] = torch.einsum("vt,lt->vl", W, small.mean(-1))
+        adds.update(self._units("channel", out, small, W, P))
+        del out, small
+
+        o_in = stack([f"o_proj_in.{layers[k]}" for k in ks])  # [L, T, heads * head_dim]
+        head_norm = o_in.unflatten(-1, (self.dims.heads, self.dims.head_dim)).norm(dim=-1)  # [L, T, H]
+        adds["head_sum"] = torch.einsum("vt,lth->vlh", W, head_norm)
+        adds["head_sq"] = torch.einsum("vt,lth->vlh", W, head_norm**2)
+        adds["head_imp_sq"] = torch.einsum("vt,lth->vlh", P, head_norm) ** 2
+        head_small = _small(o_in).unflatten(-1, (self.dims.heads, -1)).mean(-1)
+        adds["head_sparse"] = torch.einsum("vt,lth->vlh", W, head_small)
+        del o_in, head_norm, head_small
+
+        neurons = stack([f"down_proj_in.{layers[k]}" for k in ks])  # [L, T, intermediate]
+        adds.update(self._units("neuron", neurons, _small(neurons), W, P))
+        return adds
+
+    @staticmethod
+    def _units(kind: str, act, small, W, P) -> dict[str, torch.Tensor]:
+        return {
+            f"{kind}_sum": torch.einsum("vt,ltd->vld", W, act),
+            f"{kind}_sq": torch.einsum("vt,ltd->vld", W, act**2),
+            # Minitron: mean |activation| over a sample's tokens, aggregated over samples by L2.
+            f"{kind}_imp_sq": torch.einsum("vt,ltd->vld", P, act.abs()) ** 2,
+            f"{kind}_sparse": torch.einsum("vt,ltd->vld", W, small),
+        }
+
+    @staticmethod
+    def _hsic(states: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """<K_i, K_j> for the (weight-)centred linear Gram matrices of every pair of states:
+        the numerator and norms of minibatch linear CKA, summed over samples."""
+        p = w / w.sum()
+        centred = states - torch.einsum("t,itd->id", p, states)[:, None]
+        scaled = centred * p.sqrt()[None, :, None]
+        grams = torch.einsum("itd,iud->itu", scaled, scaled).flatten(1)  # [S, T*T]
+        return grams @ grams.T
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"{variant}.{k}": v[i].cpu() for k, v in self.sums.items() for i, variant in enumerate(VARIANTS)}
+        out["samples"] = torch.tensor(self.samples, dtype=torch.int64)
+        out["layers"] = torch.tensor(self.layers, dtype=torch.int64)
+        out["dims"] = torch.tensor(list(asdict(self.dims).values()), dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], device="cpu") -> "StreamStats":
+        dims = Dims(*state["dims"].tolist())
+        stats = cls(state["layers"].tolist(), dims, device=device)
+        for k in stats.sums:
+            stats.sums[k] = torch.stack([state[f"{v}.{k}"] for v in VARIANTS]).to(stats.device, torch.float64)
+        stats.samples = int(state["samples"])
+        return stats
+
+    # -- results -------------------------------------------------------------------------------
+
+    def summary(self, variant: str) -> dict[str, torch.Tensor]:
+        """Means and derived per-layer / per-unit statistics of one variant (float64, CPU)."""
+        s = {k: v[VARIANTS.index(variant)].cpu() for k, v in self.sums.items()}
+        total = s["weight_sum"].clamp_min(EPS)
+
+        def var(kind: str) -> torch.Tensor:
+            mean = s[f"{kind}_sum"] / total
+            return (s[f"{kind}_sq"] / total - mean**2).clamp_min(0)
+
+        hsic = s["hsic"]
+        diag = hsic.diagonal().clamp_min(EPS)
+        channel_var = var("channel")
+        return {
+            "cos_layer": s["cos_layer"] / total,
+            "cos_attn": s["cos_attn"] / total,
+            "cos_ffn": s["cos_ffn"] / total,
+            "magnitude": s["norm"] / total,
+            "variance": channel_var.mean(-1),
+            "sparsity": s["sparsity"] / total,
+            "pair_cos": s["pair_cos"] / total,
+            "pair_angle": s["pair_angle"] / total,
+            "pair_cka": hsic / torch.sqrt(diag[:, None] * diag[None, :]),
+            "channel_importance": s["channel_imp_sq"].sqrt(),
+            "channel_variance": channel_var,
+            "channel_sparsity": s["channel_sparse"] / total,
+            "head_importance": s["head_imp_sq"].sqrt(),
+            "head_variance": var("head"),
+            "head_sparsity": s["head_sparse"] / total,
+            "neuron_importance": s["neuron_imp_sq"].sqrt(),
+            "neuron_variance": var("neuron"),
+            "neuron_sparsity": s["neuron_sparse"] / total,
+        }
