@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   install into .venv and run the main job (today: build the tour corpus and a tokenizer)
+#   make demo   install into .venv and run the main job (today: corpus, tokenizer, micro teacher, capture + analysis)
 #   make test   install into .venv with the test extras and run the whole test suite
 # Both are idempotent: the install step reruns only when pyproject.toml changes.
 
@@ -33,6 +33,8 @@ demo: $(VENV)/.installed
 	$(PY) -m data.build --backend template --out $(OUT)/corpus
 	$(PY) -m models.tokenizer --data $(OUT)/corpus --out $(OUT)/tokenizer
 	$(PY) -m data.geo encode -33.8568 151.2153
+	$(PY) -m models.proxy --preset micro --data $(OUT)/corpus --out $(OUT)/teacher-micro
+	$(PY) -m compress.capture --model $(OUT)/teacher-micro --data $(OUT)/corpus --output-dir $(OUT)/capture-micro --limit 32 --analyze
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -126,6 +126,22 @@ def render(report: dict) -> str:
         f"| hooks + forward + entropy + statistics | {o['capture_ms_median']:.1f} ms |",
         f"| ratio (sum of medians) | **{o['ratio_total']:.2f}x** (median of per-sample ratios {o['ratio_median']:.2f}x; goal <= 1.2x) |",
         "",
+    ]
+    sc = report.get("overhead_scaled")
+    if sc:
+        lines += [
+            f"The same {sc['samples']} sequences through a randomly initialised model of the `{sc['preset']}` preset's "
+            f"shape ({sc['parameters']:,} parameters, {sc['num_layers']} layers, hidden {sc['hidden']}; timing depends "
+            "on shapes, not weights):",
+            "",
+            "| | per sample, median |",
+            "|---|---|",
+            f"| plain forward | {sc['plain_ms_median']:.1f} ms |",
+            f"| hooks + forward + entropy + statistics | {sc['capture_ms_median']:.1f} ms |",
+            f"| ratio (sum of medians) | **{sc['ratio_total']:.2f}x** (median of per-sample ratios {sc['ratio_median']:.2f}x) |",
+            "",
+        ]
+    lines += [
         "## Storage",
         "",
         f"Measured on {s['pt']['tokens']:,} tokens of the demo teacher (float16 shards, every layer, all four hooks):",
@@ -198,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-samples", type=int, default=16)
     parser.add_argument("--analysis-samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts the teacher answers at once")
+    parser.add_argument("--scale-preset", default="gpu", help="also time a random model of this proxy preset's shape ('' to skip)")
+    parser.add_argument("--scale-samples", type=int, default=8)
     parser.add_argument("--work", default="runs/bench-capture")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "capture.md"))
     args = parser.parse_args(argv)
@@ -208,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=args.batch_size)
     sequences = [inp + out for _, inp, out in teacher_sequences(collect_samples(config), model, tokenizer, config)]
     overhead = time_overhead(model, sequences, args.repeats, input_device(model))
+    scaled = None
+    if args.scale_preset:
+        # The same sequences through a randomly initialised model of a bigger preset's shape:
+        # timing depends on shapes, not weights, and shows how the overhead shrinks with size.
+        from models.proxy import PRESETS, qwen3_config
+        from transformers import Qwen3ForCausalLM
+
+        torch.manual_seed(0)
+        big = Qwen3ForCausalLM(qwen3_config(PRESETS[args.scale_preset], tokenizer)).to(args.device).eval()
+        scaled = time_overhead(big, sequences[: args.scale_samples], args.repeats, args.device)
+        scaled.update(preset=args.scale_preset, parameters=sum(p.numel() for p in big.parameters()),
+                      num_layers=big.config.num_hidden_layers, hidden=big.config.hidden_size)
+        del big
     storage = measure_storage(args.model, args.data, work, args.storage_samples, args.device, args.batch_size)
 
     dims = Dims.of(model.config)
@@ -246,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "dims": dims.__dict__,
         "device": args.device,
         "overhead": overhead,
+        "overhead_scaled": scaled,
         "storage": storage,
         "pt_vs_formula": storage["pt"]["bytes_per_token"] / (2 * measured_elements),
         "extrapolation": extrapolation,

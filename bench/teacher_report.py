@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def render(report: dict, model_dir: str, plot_name: str) -> str:
         "",
         f"Commands: `python -m models.proxy --preset {p['name']} --data out/corpus --out {model_dir}` "
         f"then `python -m bench.teacher_report {model_dir}`.  ",
-        f"Machine: {platform.machine()}, device {report['device']}.",
+        f"Machine: {report.get('machine') or platform.machine() + f', {os.cpu_count()} CPUs'}; device {report['device']}.",
         "",
         "| | |",
         "|---|---|",

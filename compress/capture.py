@@ -56,6 +56,7 @@ class CaptureConfig:
     max_new_tokens: int = 256
     dtype: str = "auto"
     device: str = "cpu"
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes, CUDA)
     format: str = "stats"
     shard_dtype: str = "float16"
     limit: int | None = None
@@ -104,8 +105,12 @@ def token_entropy(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     Chunked so a 151k vocabulary does not need a second full float32 copy of the logits."""
     out = []
     for start in range(0, logits.shape[0], chunk):
-        logp = torch.log_softmax(logits[start:start + chunk].float(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
+        # H = log Z - E[z - max]: one exp pass over the vocabulary instead of two.
+        z = logits[start:start + chunk].float()
+        z = z - z.max(dim=-1, keepdim=True).values
+        e = z.exp()
+        total = e.sum(-1)
+        out.append(total.log() - (e * z).sum(-1) / total)
     return torch.cat(out)
 
 
@@ -123,8 +128,11 @@ class ActivationRecorder:
         blocks = decoder_layers(model)
         for layer in layers:
             parts = layer_parts(model, layer)
+            if f"input.{layer}" in self.wanted:  # otherwise the previous layer's output is the input
+                self.handles.append(
+                    blocks[layer].register_forward_pre_hook(self._pre(f"input.{layer}"), with_kwargs=True)
+                )
             self.handles += [
-                blocks[layer].register_forward_pre_hook(self._pre(f"input.{layer}"), with_kwargs=True),
                 blocks[layer].register_forward_hook(self._post(f"output.{layer}")),
                 parts.post_attn_norm.register_forward_pre_hook(self._pre(f"post_attn.{layer}"), with_kwargs=True),
                 parts.o_proj.register_forward_pre_hook(self._pre(f"o_proj_in.{layer}"), with_kwargs=True),
@@ -164,7 +172,7 @@ def _check_resume(out_dir: Path, meta: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("model", "layers", "max_length", "format", "shard_dtype", "split", "max_new_tokens")
+    keys = ("model", "data", "split", "layers", "max_length", "format", "shard_dtype", "max_new_tokens")
     changed = [k for k in keys if old.get(k) != meta.get(k)]
     if changed:
         raise CaptureError(
@@ -220,7 +228,9 @@ def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
         raise CaptureError(f"unknown shard dtype {config.shard_dtype!r}")
     samples = collect_samples(config)
     try:
-        model, tokenizer = load_model(config.model, LoadOptions(dtype=config.dtype, device=config.device))
+        model, tokenizer = load_model(
+            config.model, LoadOptions(dtype=config.dtype, device=config.device, quantization=config.quantization)
+        )
     except ModelLoadError as exc:
         raise CaptureError(str(exc)) from exc
     n_layers = len(decoder_layers(model))
@@ -236,9 +246,9 @@ def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
     _check_resume(out_dir, meta)
     write_atomic(out_dir / CAPTURE_FILE, json.dumps(meta, indent=1) + "\n")
 
-    stats_device = input_device(model)
+    device = input_device(model)  # inputs go here, and the sums stay here (the first GPU under device_map)
     if config.format == "stats":
-        stats, done = _stats_progress(out_dir, layers, dims, config.cka_tokens, stats_device)
+        stats, done = _stats_progress(out_dir, layers, dims, config.cka_tokens, device)
         writer = None
     else:
         writer = ShardWriter(out_dir, config.format, config.shard_dtype)
@@ -246,12 +256,11 @@ def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
     todo = [s for s in samples if s.id not in done]
 
     recorder = ActivationRecorder(model, layers)
-    device = input_device(model)
     tokens = truncated = 0
     forward_seconds = 0.0
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), disable=not progress, desc="capture", unit="sample")
     try:
-        for k, (sample, inp, out) in enumerate(teacher_sequences(todo, model, tokenizer, config)):
+        for sample, inp, out in teacher_sequences(todo, model, tokenizer, config):
             ids = inp + out
             if len(ids) > config.max_length:
                 warnings.warn(f"sample {sample.id}: {len(ids)} tokens truncated to --max-length {config.max_length}")
@@ -322,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16, float16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda, cuda:N, or auto (accelerate, several GPUs)")
+    parser.add_argument("--quantization", choices=("8bit", "4bit"), help="load the teacher quantized (bitsandbytes, CUDA)")
     parser.add_argument("--format", choices=ALL_FORMATS, default="stats",
                         help="stats: fixed-size sums; pt: a safetensors file per sample; h5: one HDF5 file")
     parser.add_argument("--shard-dtype", choices=sorted(STORE_DTYPES), default="float16", help="dtype of raw shards")
@@ -336,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     config = CaptureConfig(
         model=args.model, output_dir=args.output_dir, data=args.data, split=args.split, texts=args.text,
         text_file=args.text_file, samples_dir=args.samples_dir, layers=args.layer, max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, format=args.format,
+        max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, quantization=args.quantization,
+        format=args.format,
         shard_dtype=args.shard_dtype, limit=args.limit, batch_size=args.batch_size,
     )
     try:

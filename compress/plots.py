@@ -54,6 +54,8 @@ def plot_importance(result: dict, out_dir: Path) -> Path:
             for variant, style in (("unweighted", ":"),):
                 ax.plot(layers, [1 - c for c in result[variant]["cos_attn"]], style, label="attention only")
                 ax.plot(layers, [1 - c for c in result[variant]["cos_ffn"]], style, label="FFN only")
+        if key in ("block_influence", "angular_1"):
+            ax.set_yscale("log")  # the first layer is often 10x the rest; log keeps the rest readable
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)

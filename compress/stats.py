@@ -153,49 +153,43 @@ class StreamStats:
         self.samples += 1
 
     def _layer_chunk(self, sample, ks: list[int], W, P) -> dict[str, torch.Tensor]:
-        """Per-layer sums of layers `ks`, each [2, len(ks), ...]."""
-        dev, layers = self.device, self.layers
+        """Per-layer sums of layers `ks`, each [2, len(ks), ...].
+
+        Activations are stacked token-major ([T, L, k]), so each weighted sum over tokens is one
+        plain matrix product over all layers of the chunk at once."""
+        dev, layers, dims = self.device, self.layers, self.dims
 
         def stack(keys):
-            return torch.stack([sample[key].to(dev, torch.float32) for key in keys])
+            return torch.stack([sample[key].to(dev, torch.float32) for key in keys], dim=1)  # [T, L, k]
 
-        inp = torch.stack([layer_input(sample, layers, k).to(dev, torch.float32) for k in ks])  # [L, T, d]
-        mid = stack([f"post_attn.{layers[k]}" for k in ks])
         out = stack([f"output.{layers[k]}" for k in ks])
-        adds = {
-            "cos_layer": torch.einsum("vt,lt->vl", W, _cos(inp, out)),
-            "cos_attn": torch.einsum("vt,lt->vl", W, _cos(inp, mid)),
-            "cos_ffn": torch.einsum("vt,lt->vl", W, _cos(mid, out)),
-            "norm": torch.einsum("vt,lt->vl", W, out.norm(dim=-1)),
-        }
+        mid = stack([f"post_attn.{layers[k]}" for k in ks])
+        inp = torch.stack([layer_input(sample, layers, k).to(dev, torch.float32) for k in ks], dim=1)
+        out_small = _small(out)
+        scalars = torch.stack(
+            [_cos(inp, out), _cos(inp, mid), _cos(mid, out), out.norm(dim=-1), out_small.mean(-1)], dim=-1
+        )  # [T, L, 5]
         del inp, mid
-        small = _small(out)
-        adds["sparsity"] = torch.einsum("vt,lt->vl", W, small.mean(-1))
-        adds.update(self._units("channel", out, small, W, P))
-        del out, small
+        o_in = stack([f"o_proj_in.{layers[k]}" for k in ks])  # [T, L, heads * head_dim]
+        head_norm = o_in.unflatten(-1, (dims.heads, dims.head_dim)).norm(dim=-1)  # [T, L, H]
+        head_small = _small(o_in).unflatten(-1, (dims.heads, -1)).mean(-1)
+        del o_in
+        neurons = stack([f"down_proj_in.{layers[k]}" for k in ks])  # [T, L, intermediate]
 
-        o_in = stack([f"o_proj_in.{layers[k]}" for k in ks])  # [L, T, heads * head_dim]
-        head_norm = o_in.unflatten(-1, (self.dims.heads, self.dims.head_dim)).norm(dim=-1)  # [L, T, H]
-        adds["head_sum"] = torch.einsum("vt,lth->vlh", W, head_norm)
-        adds["head_sq"] = torch.einsum("vt,lth->vlh", W, head_norm**2)
-        adds["head_imp_sq"] = torch.einsum("vt,lth->vlh", P, head_norm) ** 2
-        head_small = _small(o_in).unflatten(-1, (self.dims.heads, -1)).mean(-1)
-        adds["head_sparse"] = torch.einsum("vt,lth->vlh", W, head_small)
-        del o_in, head_norm, head_small
+        def wsum(weights, x):  # [T, L, k] -> [2, L, k]: one matrix product, no copy of x
+            return (weights @ x.flatten(1)).unflatten(1, x.shape[1:])
 
-        neurons = stack([f"down_proj_in.{layers[k]}" for k in ks])  # [L, T, intermediate]
-        adds.update(self._units("neuron", neurons, _small(neurons), W, P))
+        per_token = wsum(W, scalars)
+        names = ("cos_layer", "cos_attn", "cos_ffn", "norm", "sparsity")
+        adds = {name: per_token[..., n] for n, name in enumerate(names)}
+        for kind, act, small in (("channel", out, out_small), ("head", head_norm, head_small),
+                                 ("neuron", neurons, _small(neurons))):
+            adds[f"{kind}_sum"] = wsum(W, act)
+            adds[f"{kind}_sq"] = wsum(W, act * act)
+            adds[f"{kind}_sparse"] = wsum(W, small)
+            # Minitron: mean |activation| over a sample's tokens (P rows sum to 1), L2 over samples.
+            adds[f"{kind}_imp_sq"] = wsum(P, act.abs()) ** 2
         return adds
-
-    @staticmethod
-    def _units(kind: str, act, small, W, P) -> dict[str, torch.Tensor]:
-        return {
-            f"{kind}_sum": torch.einsum("vt,ltd->vld", W, act),
-            f"{kind}_sq": torch.einsum("vt,ltd->vld", W, act**2),
-            # Minitron: mean |activation| over a sample's tokens, aggregated over samples by L2.
-            f"{kind}_imp_sq": torch.einsum("vt,ltd->vld", P, act.abs()) ** 2,
-            f"{kind}_sparse": torch.einsum("vt,ltd->vld", W, small),
-        }
 
     @staticmethod
     def _hsic(states: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

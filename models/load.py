@@ -82,7 +82,9 @@ def check_source(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has no config.json: not a saved model directory")
         return str(path)
-    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path):
+    # "out/teacher" is a valid hub id too; if "out" is a local folder, the user meant a path.
+    looks_local = Path(name_or_path.split("/")[0]).expanduser().is_dir() and "/" in name_or_path
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path) or looks_local:
         raise ModelLoadError(f"no model directory at {name_or_path}")
     return name_or_path
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -329,6 +330,8 @@ def train_proxy(
         "preset": asdict(preset),
         "seed": seed,
         "device": device,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": state.step,
         "train_seconds": round(state.seconds, 1),

@@ -155,11 +155,14 @@ def test_a_corrupt_or_missing_shard_is_named(micro_teacher, tmp_path):
         CaptureReader(tmp_path / "pt").verify()
 
     run_capture(CaptureConfig(model=str(micro_teacher), texts=["one text", "two texts"], output_dir=str(tmp_path / "h5"),
-                              format="h5"), progress=False)
+                              format="h5", shard_dtype="bfloat16"), progress=False)
+    reader = CaptureReader(tmp_path / "h5")
+    assert reader.verify() == 2 and reader.load(reader.rows[1])["output.2"].dtype == torch.bfloat16
+    reader.close()
     import h5py
 
     with h5py.File(tmp_path / "h5" / "activations.h5", "a") as f:
-        f["sample_00001/output.2"][0, 0] += 1.0
+        f["sample_00001/output.2"][0, 0] += 1
     with pytest.raises(ShardError, match=r"activations.h5 \(group sample_00001\): SHA-256 mismatch"):
         CaptureReader(tmp_path / "h5").verify()
 
@@ -210,3 +213,18 @@ def test_a_killed_stats_capture_resumes_to_the_same_sums(micro_teacher, tmp_path
     assert all(torch.allclose(a.sums[k], b.sums[k], rtol=1e-5, atol=1e-7) for k in a.sums)
     with pytest.raises(Exception, match="different max_length"):
         run_capture(CaptureConfig(model=str(micro_teacher), texts=texts, output_dir=str(part), max_length=64), progress=False)
+
+
+def test_the_capture_benchmark_and_teacher_report_write_their_pages(micro_teacher, tiny_corpus, tmp_path):
+    from bench.capture import main as bench_main
+    from bench.teacher_report import main as report_main
+
+    out = tmp_path / "capture.md"
+    assert bench_main(["--model", str(micro_teacher), "--data", str(tiny_corpus), "--overhead-samples", "2",
+                       "--repeats", "1", "--storage-samples", "2", "--analysis-samples", "3", "--scale-preset", "micro",
+                       "--work", str(tmp_path / "w"), "--out", str(out), "--device", "cpu"]) == 0
+    text = out.read_text()
+    assert "ratio (sum of medians)" in text and "Qwen3-32B" in text and "most redundant block" in text
+    assert (tmp_path / "capture_similarity.png").is_file()
+    assert report_main([str(micro_teacher), "--out-dir", str(tmp_path)]) == 0
+    assert "fact recall, training places" in (tmp_path / "teacher-micro.md").read_text()

@@ -57,15 +57,27 @@ def test_other_architectures_missing_paths_and_bad_options_fail_clearly(tokenize
         load_model(str(save_tiny("gpt2", tmp_path / "gpt2", tokenizer)))
     with pytest.raises(ModelLoadError, match="no model directory at ./nowhere/model"):
         load_model("./nowhere/model")
+    # A relative path under an existing folder is a typo'd path, not a hub repository.
+    with pytest.raises(ModelLoadError, match="no model directory at tests/no-such-model"):
+        load_model("tests/no-such-model")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         load_model(str(save_tiny("qwen3", tmp_path / "q", tokenizer)), LoadOptions(dtype="float8"))
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ModelLoadError, match="needs bitsandbytes"):
+            load_model(str(tmp_path / "q"), LoadOptions(quantization="4bit"))
 
 
 def test_a_hub_id_goes_to_the_hub_and_an_offline_failure_names_the_model(monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline mode, set the way the hub library reads it after import: fail at once, no retries.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="Qwen/Qwen3-32B"):
         load_model("Qwen/Qwen3-32B")
 
