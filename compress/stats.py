@@ -75,9 +75,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=EPS)
 
 
-def _small(x: torch.Tensor) -> torch.Tensor:
-    rms = x.pow(2).mean(-1, keepdim=True).sqrt()
-    return (x.abs() < SPARSE_FRACTION * rms).to(x.dtype)
+def _squares_and_small(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x**2 and the 0/1 mask of |x| < SPARSE_FRACTION * RMS(token), sharing the squares:
+    capture overhead is mostly elementwise passes over activations, so each one counts."""
+    sq = x * x
+    small = sq < (SPARSE_FRACTION**2) * sq.mean(-1, keepdim=True)
+    return sq, small.to(x.dtype)
 
 
 def stat_shapes(layers: list[int], dims: Dims) -> dict[str, tuple[int, ...]]:
@@ -127,19 +130,26 @@ class StreamStats:
         W = torch.stack([ones, weighted])  # [2, T], in VARIANTS order
         P = W / W.sum(1, keepdim=True)  # per-sample token distribution
 
-        states = torch.stack([sample[n].to(dev, torch.float32) for n in residual_states(self.layers)[0]])
+        # Token-major [T, S, hidden], so per-token cosines are one batched product.
+        states = torch.stack([sample[n].to(dev, torch.float32) for n in residual_states(self.layers)[0]], dim=1)
         unit = torch.nn.functional.normalize(states, dim=-1, eps=EPS)
-        pair = torch.einsum("itd,jtd->tij", unit, unit).clamp(-1, 1)  # [T, S, S]
+        pair = (unit @ unit.transpose(1, 2)).clamp(-1, 1).flatten(1)  # [T, S * S]
+        S = states.shape[1]
         adds: dict[str, torch.Tensor] = {
             "weight_sum": W.sum(1),
             "tokens": torch.full((2,), float(tokens), device=dev),
-            "pair_cos": torch.einsum("vt,tij->vij", W, pair),
-            "pair_angle": torch.einsum("vt,tij->vij", W, torch.arccos(pair) / math.pi),
+            "pair_cos": (W @ pair).unflatten(1, (S, S)),
+            "pair_angle": (W @ (torch.arccos(pair) / math.pi)).unflatten(1, (S, S)),
         }
         del pair, unit
-        cka_idx = torch.linspace(0, tokens - 1, min(tokens, self.cka_tokens), device=dev).round().long().unique()
-        adds["hsic"] = torch.stack([self._hsic(states[:, cka_idx], W[v, cka_idx]) for v in range(2)])
-        del states
+        if tokens > self.cka_tokens:  # CKA on evenly spaced tokens: its cost grows with T^2
+            idx = torch.linspace(0, tokens - 1, self.cka_tokens, device=dev).round().long().unique()
+            cka_states, cka_w = states[idx], W[:, idx]
+        else:
+            cka_states, cka_w = states, W
+        cka_states = cka_states.transpose(0, 1)  # [S, T', hidden]
+        adds["hsic"] = self._hsic(cka_states, cka_w)
+        del states, cka_states
 
         per_layer: dict[str, list[torch.Tensor]] = {}
         chunk = self.layers_per_chunk
@@ -165,16 +175,20 @@ class StreamStats:
         out = stack([f"output.{layers[k]}" for k in ks])
         mid = stack([f"post_attn.{layers[k]}" for k in ks])
         inp = torch.stack([layer_input(sample, layers, k).to(dev, torch.float32) for k in ks], dim=1)
-        out_small = _small(out)
+        out_sq, out_small = _squares_and_small(out)
         scalars = torch.stack(
-            [_cos(inp, out), _cos(inp, mid), _cos(mid, out), out.norm(dim=-1), out_small.mean(-1)], dim=-1
+            [_cos(inp, out), _cos(inp, mid), _cos(mid, out), out_sq.sum(-1).sqrt(), out_small.mean(-1)], dim=-1
         )  # [T, L, 5]
         del inp, mid
         o_in = stack([f"o_proj_in.{layers[k]}" for k in ks])  # [T, L, heads * head_dim]
-        head_norm = o_in.unflatten(-1, (dims.heads, dims.head_dim)).norm(dim=-1)  # [T, L, H]
-        head_small = _small(o_in).unflatten(-1, (dims.heads, -1)).mean(-1)
+        o_sq, o_small = _squares_and_small(o_in)
         del o_in
+        head_sq = o_sq.unflatten(-1, (dims.heads, dims.head_dim)).sum(-1)  # squared head output norms
+        head_norm = head_sq.sqrt()  # [T, L, H]
+        head_small = o_small.unflatten(-1, (dims.heads, -1)).mean(-1)
+        del o_sq, o_small
         neurons = stack([f"down_proj_in.{layers[k]}" for k in ks])  # [T, L, intermediate]
+        neuron_sq, neuron_small = _squares_and_small(neurons)
 
         def wsum(weights, x):  # [T, L, k] -> [2, L, k]: one matrix product, no copy of x
             return (weights @ x.flatten(1)).unflatten(1, x.shape[1:])
@@ -182,24 +196,34 @@ class StreamStats:
         per_token = wsum(W, scalars)
         names = ("cos_layer", "cos_attn", "cos_ffn", "norm", "sparsity")
         adds = {name: per_token[..., n] for n, name in enumerate(names)}
-        for kind, act, small in (("channel", out, out_small), ("head", head_norm, head_small),
-                                 ("neuron", neurons, _small(neurons))):
+        for kind, act, sq, small in (("channel", out, out_sq, out_small), ("head", head_norm, head_sq, head_small),
+                                     ("neuron", neurons, neuron_sq, neuron_small)):
             adds[f"{kind}_sum"] = wsum(W, act)
-            adds[f"{kind}_sq"] = wsum(W, act * act)
+            adds[f"{kind}_sq"] = wsum(W, sq)
             adds[f"{kind}_sparse"] = wsum(W, small)
             # Minitron: mean |activation| over a sample's tokens (P rows sum to 1), L2 over samples.
             adds[f"{kind}_imp_sq"] = wsum(P, act.abs()) ** 2
         return adds
 
     @staticmethod
-    def _hsic(states: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """<K_i, K_j> for the (weight-)centred linear Gram matrices of every pair of states:
-        the numerator and norms of minibatch linear CKA, summed over samples."""
-        p = w / w.sum()
-        centred = states - torch.einsum("t,itd->id", p, states)[:, None]
-        scaled = centred * p.sqrt()[None, :, None]
-        grams = torch.einsum("itd,iud->itu", scaled, scaled).flatten(1)  # [S, T*T]
-        return grams @ grams.T
+    def _hsic(states: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """<K_i, K_j> for the (weight-)centred linear Gram matrices of every pair of states, per
+        variant ([2, S, S]): the numerator and norms of minibatch linear CKA, summed over samples.
+
+        The raw Gram matrix G = X X^T is computed once; centring on a weighted mean mu is the
+        rank-one update G - a 1^T - 1 a^T + |mu|^2 with a = X mu, so both variants share the one
+        expensive product."""
+        gram = states @ states.transpose(1, 2)  # [S, T, T]
+        out = []
+        for w in W:
+            p = w / w.sum()
+            mu = torch.einsum("t,itd->id", p, states)  # [S, hidden]
+            a = (states @ mu[:, :, None]).squeeze(-1)  # [S, T]
+            centred = gram - a[:, :, None] - a[:, None, :] + (mu * mu).sum(-1)[:, None, None]
+            root = p.sqrt()
+            scaled = (centred * root[None, :, None] * root[None, None, :]).flatten(1)  # [S, T*T]
+            out.append(scaled @ scaled.T)
+        return torch.stack(out)
 
     # -- persistence --------------------------------------------------------------------------
 
