@@ -44,8 +44,6 @@ def time_overhead(model, sequences: list[list[int]], repeats: int, device) -> di
     layers = list(range(len(decoder_layers(model))))
     stats = StreamStats(layers, Dims.of(model.config), device=device)
     plain_times, capture_times = [[] for _ in sequences], [[] for _ in sequences]
-    recorder = ActivationRecorder(model, layers)
-    recorder.remove()  # timed runs attach and detach the hooks themselves
     with torch.no_grad():
         for _ in range(repeats + 1):  # the first round warms up and is discarded
             for n, ids in enumerate(sequences):
@@ -55,8 +53,10 @@ def time_overhead(model, sequences: list[list[int]], repeats: int, device) -> di
                 model(input_ids=x, use_cache=False)
                 _sync(device)
                 t1 = time.perf_counter()
+                # Attaching and removing the hooks is timed too: the plain pass runs without them.
                 recorder = ActivationRecorder(model, layers)
-                logits = model(input_ids=x, use_cache=False).logits[0]
+                with recorder.recording():
+                    logits = model(input_ids=x, use_cache=False).logits[0]
                 stats.update(recorder.take(), token_entropy(logits))
                 recorder.remove()
                 _sync(device)

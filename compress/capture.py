@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def token_entropy(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
 
 
 class ActivationRecorder:
-    """Hooks on the chosen decoder layers; `take()` returns one forward pass's tensors under
-    the names of `compress.stats.sample_keys`, batch dimension removed."""
+    """Hooks on the chosen decoder layers; `take()` returns the tensors of the last forward pass
+    run inside `recording()`, under the names of `compress.stats.sample_keys`, batch dimension
+    removed."""
 
     def __init__(self, model, layers: list[int]):
         from models.load import decoder_layers, layer_parts
@@ -124,6 +126,7 @@ class ActivationRecorder:
         self.layers = layers
         self.wanted = set(sample_keys(layers))
         self.buffer: dict[str, torch.Tensor] = {}
+        self.enabled = False
         self.handles = []
         blocks = decoder_layers(model)
         for layer in layers:
@@ -140,8 +143,18 @@ class ActivationRecorder:
             ]
 
     def _keep(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self.wanted:
+        if self.enabled and name in self.wanted:
             self.buffer[name] = tensor.detach()[0]
+
+    @contextmanager
+    def recording(self):
+        """Hooks keep tensors only inside this block: the teacher's own generation steps
+        (which run through the same hooked layers) are not recorded."""
+        self.enabled = True
+        try:
+            yield self
+        finally:
+            self.enabled = False
 
     def _pre(self, name: str):
         def hook(module, args, kwargs):
@@ -269,7 +282,7 @@ def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
                 warnings.warn(f"sample {sample.id} is empty; skipped")
                 continue
             started = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), recorder.recording():
                 logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]
             entropy = token_entropy(logits)
             acts = recorder.take()

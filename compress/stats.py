@@ -101,7 +101,7 @@ def stat_shapes(layers: list[int], dims: Dims) -> dict[str, tuple[int, ...]]:
 
 
 class StreamStats:
-    """Accumulates the sums; `state_dict()` / `load_state_dict()` checkpoint them."""
+    """Accumulates the sums; `state_dict()` and `from_state_dict()` checkpoint and restore them."""
 
     def __init__(self, layers: list[int], dims: Dims, cka_tokens: int = 256, device="cpu", layers_per_chunk: int = 8):
         self.layers, self.dims, self.cka_tokens = list(layers), dims, cka_tokens

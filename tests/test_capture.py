@@ -57,7 +57,10 @@ def test_hooks_see_the_pre_norm_residual_stream_and_the_projection_inputs(micro_
     ids = torch.tensor([tok("Circular Quay ferries leave from the wharf.")["input_ids"]])
     recorder = ActivationRecorder(model, [0, 1, 2, 3])
     with torch.no_grad():
-        out = model(input_ids=ids, output_hidden_states=True)
+        model(input_ids=ids[:, :3])  # outside recording(): nothing is kept
+        assert recorder.buffer == {}
+        with recorder.recording():
+            out = model(input_ids=ids, output_hidden_states=True)
     acts = recorder.take()
     recorder.remove()
     hidden = out.hidden_states
