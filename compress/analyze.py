@@ -73,7 +73,7 @@ def load_stats(capture_dir: str | Path, progress: bool = False) -> tuple[StreamS
     stats = StreamStats(meta["layers"], Dims(**meta["dims"]), meta.get("cka_tokens", 256))
     try:
         for row, tensors in tqdm(reader, total=len(reader), disable=not progress, desc="shards"):
-            reader.verify_row(row)
+            reader.verify_row(row, tensors)
             entropy = tensors.pop("entropy")
             tensors.pop("input_ids")
             stats.update(tensors, entropy)

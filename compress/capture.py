@@ -77,13 +77,13 @@ def collect_samples(config: CaptureConfig) -> list[Sample]:
     """Every requested sample with a stable id (so a resumed capture recognises its work)."""
     samples: list[Sample] = []
     if config.data:
-        path = Path(config.data) / f"{config.split}.jsonl"
-        if not path.is_file():
-            raise CaptureError(f"{path} not found: --data wants a corpus directory from `python -m data.build`")
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if line.strip():
-                    samples.append(Sample(f"{config.split}:{n}", messages=json.loads(line)["messages"]))
+        from data.build import read_split
+
+        try:
+            rows = read_split(config.data, config.split)
+        except FileNotFoundError as exc:
+            raise CaptureError(str(exc)) from exc
+        samples += [Sample(f"{config.split}:{n}", messages=row["messages"]) for n, row in enumerate(rows)]
     samples += [Sample(f"text:{n}", text=t) for n, t in enumerate(config.texts)]
     if config.text_file:
         path = Path(config.text_file)

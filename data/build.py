@@ -77,6 +77,15 @@ def load_sources(paths: tuple[Path, ...]) -> list[POI]:
     return pois
 
 
+def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
+    """The rows of one split of a corpus written by `build`."""
+    path = Path(corpus_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def build(config: BuildConfig) -> dict:
     """Run the whole build; returns the summary that is also stored in snapshot.json."""
     pois = load_sources(config.pois)

@@ -30,12 +30,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from data.build import read_split
 from data.io import write_atomic
+from data.poi import SYDNEY as DEFAULT_POIS
 from models.prompt import IM_END, render_chatml
 from models.tokenizer import corpus_texts, train_tokenizer
-
-DEFAULT_POIS = Path(__file__).resolve().parent.parent / "data" / "poi" / "sydney.jsonl"
-
 
 @dataclass(frozen=True)
 class ProxyPreset:
@@ -111,14 +110,6 @@ def qwen3_config(preset: ProxyPreset, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def read_rows(corpus_dir: Path, split: str) -> list[dict]:
-    path = corpus_dir / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def encode_row(row: dict, tokenizer, max_length: int) -> tuple[list[int], int]:
@@ -256,7 +247,7 @@ def train_proxy(
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~8x faster, loss unaffected here
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    train_rows, val_rows = read_rows(corpus_dir, "train"), read_rows(corpus_dir, "val")
+    train_rows, val_rows = read_split(corpus_dir, "train"), read_split(corpus_dir, "val")
 
     tok_dir = out_dir / "tokenizer"
     if tokenizer_dir is not None:

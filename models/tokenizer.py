@@ -74,14 +74,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
 def corpus_texts(corpus_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> Iterator[str]:
     """Every prompt and target of a corpus built by `python -m data.build`, as the model sees
     them: rendered through the chat template, so the template's own words get merges too."""
+    from data.build import read_split
     from models.prompt import render_chatml
 
     for split in splits:
-        path = Path(corpus_dir) / f"{split}.jsonl"
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                yield render_chatml(row["messages"]) + row["target"] + IM_END
+        for row in read_split(corpus_dir, split):
+            yield render_chatml(row["messages"]) + row["target"] + IM_END
 
 
 def main(argv: list[str] | None = None) -> int:
