@@ -143,6 +143,7 @@ def layer_scores(summary: dict[str, torch.Tensor], layers: list[int], weights: I
         "blocks": blocks,
         "states": names,
         "pair_cos": summary["pair_cos"].tolist(),
+        "pair_angle": angle.tolist(),
         "pair_cka": summary["pair_cka"].tolist(),
     }
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data.build import read_split
 from data.io import write_atomic
 from data.poi import SYDNEY as DEFAULT_POIS
-from models.prompt import IM_END, render_chatml
+from models.prompt import IM_END, render_prompt
 from models.tokenizer import corpus_texts, train_tokenizer
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ def qwen3_config(preset: ProxyPreset, tokenizer):
 
 def encode_row(row: dict, tokenizer, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + answer, and where the answer starts. The two halves are tokenized
-    apart, exactly as generation sees them."""
-    prompt = tokenizer(render_chatml(row["messages"]), add_special_tokens=False)["input_ids"]
+    apart and the prompt is rendered as generation renders it (the tokenizer's own template for a
+    real Qwen3), so teacher forcing sees exactly what generation sees."""
+    prompt = tokenizer(render_prompt(row["messages"], tokenizer), add_special_tokens=False)["input_ids"]
     answer = tokenizer(row["target"] + IM_END, add_special_tokens=False)["input_ids"]
     return (prompt + answer)[:max_length], len(prompt)
 

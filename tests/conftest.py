@@ -30,3 +30,16 @@ def micro_teacher(tiny_corpus, tmp_path_factory) -> Path:
     assert main(["--preset", "micro", "--data", str(tiny_corpus), "--out", str(out),
                  "--pois", str(FIXTURES / "pois_small.jsonl"), "--device", "cpu"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_analysis(micro_teacher, tiny_corpus, tmp_path_factory) -> Path:
+    """A stats capture of the micro teacher on eight train samples, analysed (analysis.json)."""
+    from compress.analyze import analyze
+    from compress.capture import CaptureConfig, run_capture
+
+    out = tmp_path_factory.mktemp("capture")
+    run_capture(CaptureConfig(model=str(micro_teacher), data=str(tiny_corpus), output_dir=str(out), limit=8,
+                              max_new_tokens=24), progress=False)
+    analyze(out, plots=False)
+    return out

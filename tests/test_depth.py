@@ -1,10 +1,21 @@
-"""Layer deletion keeps a model that loads, caches and computes exactly its kept layers."""
+"""Layer deletion keeps a model that loads, caches and computes exactly its kept layers; the
+guided search removes what it measures to matter least; the CLI explains each removal."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from compress.depth import BASELINES, choose_removed, delete_layers, save_pruned
+from compress.calibration import encode_rows, split_rows
+from compress.depth import (BASELINES, PLAN_FILE, Calibration, GuidedConfig, choose_removed, delete_layers,
+                            guided_removal, layers_removed, load_analysis, main as depth_main, make_plan,
+                            save_pruned)
 from models.load import LoadOptions, decoder_layers, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=["qwen3", "llama"])
@@ -89,9 +100,102 @@ def test_baselines_pick_what_their_papers_say():
     assert choose_removed("u-shape", ANALYSIS, 6) == [1, 2, 3, 4, 5, 6]
     alternate = choose_removed("alternate", ANALYSIS, 3)
     assert alternate == [1, 3, 5] and 0 not in alternate and 7 not in alternate
-    assert choose_removed("alternate", ANALYSIS, 2) == [1, 3] or choose_removed("alternate", ANALYSIS, 2) == [1, 5]
+    assert choose_removed("alternate", ANALYSIS, 2) == [1, 5]
+    # Exactly half of an even stack: "every other layer" can only mean all odd positions.
+    assert choose_removed("alternate", ANALYSIS, 4) == [1, 3, 5, 7]
     assert choose_removed("random", ANALYSIS, 4, seed=3) == choose_removed("random", ANALYSIS, 4, seed=3)
     assert {tuple(choose_removed("random", ANALYSIS, 4, seed=s)) for s in range(5)} != {tuple(choose_removed("random", ANALYSIS, 4, seed=0))}
     for strategy in BASELINES:
         with pytest.raises(ValueError):
             choose_removed(strategy, ANALYSIS, 8)
+
+
+def test_trial_removal_inside_the_block_is_exact_and_leaves_the_model_whole(micro_teacher):
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    ids = torch.tensor([tok("The Opera House sails are covered in tiles.")["input_ids"]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with layers_removed(model, [1, 2]):
+            assert model.config.num_hidden_layers == 2
+            inside = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    assert model.config.num_hidden_layers == 4 and len(decoder_layers(model)) == 4
+    assert [layer.self_attn.layer_idx for layer in decoder_layers(model)] == [0, 1, 2, 3]
+    with torch.no_grad():
+        assert torch.allclose(inside, manual_forward(model, ids, [0, 3]), atol=1e-5)
+
+
+@pytest.fixture
+def calibration(micro_teacher, tiny_corpus):
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    rows = split_rows(tiny_corpus, "calibration", 6)
+    return Calibration(model, encode_rows(rows, tok), batch_size=4)
+
+
+def test_guided_takes_the_measured_best_single_layer_and_only_improves_by_swapping(calibration):
+    kl = {layer: calibration.measure([layer])["kl"] for layer in range(4)}
+    assert all(value > 0 for value in kl.values())
+    removed, trace = guided_removal(calibration, None, 1, GuidedConfig(candidates=0), progress=False)
+    assert removed == [min(kl, key=kl.get)]
+    assert trace["steps"][0]["candidates"] == {str(k): round(v, 6) for k, v in kl.items()}
+
+    removed, trace = guided_removal(calibration, None, 2, GuidedConfig(candidates=0, swap_rounds=2), progress=False)
+    final = calibration.measure(removed)["kl"]
+    assert trace["final"]["kl"] == final
+    assert final <= calibration.measure(trace["greedy_removed"])["kl"]
+    # A local optimum: no single exchange of a removed layer for a kept one lowers the KL further.
+    kept = [l for l in range(4) if l not in removed]
+    for out in removed:
+        for back in kept:
+            assert calibration.measure([l for l in removed if l != out] + [back])["kl"] >= final * (1 - 1e-6)
+
+
+def test_guided_tries_only_the_layers_the_statistics_rank_least_important(calibration):
+    analysis = {"weighted": {"ranking": [2, 0, 3, 1]}}
+    removed, trace = guided_removal(calibration, analysis, 1, GuidedConfig(candidates=1, swap_rounds=0), progress=False)
+    assert removed == [2] and list(trace["steps"][0]["candidates"]) == ["2"]
+
+
+def test_angular_reads_a_real_analysis(micro_analysis):
+    analysis = load_analysis(micro_analysis)
+    block = choose_removed("angular", analysis, 2)
+    assert len(block) == 2 and block[1] - block[0] == 1
+    plan = make_plan("angular", 4, 2, analysis)
+    assert plan.removed == block and all("closest in angle" in row["reason"] for row in plan.layers if not row["kept"])
+
+
+def test_the_cli_writes_a_loadable_pruned_model_and_a_plan_that_explains_it(micro_teacher, micro_analysis, tiny_corpus, tmp_path):
+    out = tmp_path / "guided"
+    assert depth_main(["--model", str(micro_teacher), "--analysis", str(micro_analysis), "--strategy", "guided",
+                       "--keep", "2", "--data", str(tiny_corpus), "--calibration-samples", "6",
+                       "--out", str(out), "--device", "cpu"]) == 0
+    plan = json.loads((out / PLAN_FILE).read_text())
+    assert plan["strategy"] == "guided" and len(plan["keep"]) == 2 and sorted(plan["keep"] + plan["removed"]) == [0, 1, 2, 3]
+    for row in plan["layers"]:
+        assert set(row["weighted"]) >= {"importance", "block_influence", "importance_rank"}
+        assert row["kept"] == (row["layer"] in plan["keep"])
+        assert row["kept"] or "KL" in row["reason"]
+    assert len(plan["guided"]["steps"]) == 2
+
+    original, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    pruned, _ = load_model(str(out), LoadOptions(dtype="float32"))
+    ids = torch.tensor([tok("Hyde Park Barracks housed convicts from 1819.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(pruned(input_ids=ids).logits, manual_forward(original, ids, plan["keep"]), atol=1e-5)
+        cached = pruned.generate(ids[:, :5], max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
+        uncached = pruned.generate(ids[:, :5], max_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(cached, uncached)
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "guided", "--keep", "2"], "needs --data"),
+    (["--strategy", "shortgpt", "--keep", "2"], "needs --analysis"),
+    (["--strategy", "random", "--keep", "4"], "--keep must be between 1 and 3"),
+    (["--strategy", "alternate", "--keep", "2", "--analysis", "nowhere"], "no analysis at nowhere"),
+])
+def test_the_cli_refuses_what_it_cannot_do_with_a_reason(micro_teacher, tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "compress.depth", "--model", str(micro_teacher), "--out",
+                             str(tmp_path / "x"), "--device", "cpu", *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
