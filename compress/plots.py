@@ -65,3 +65,28 @@ def plot_importance(result: dict, out_dir: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path: Path) -> Path:
+    """One horizontal bar chart per metric, every evaluated model a bar (compress.evaluate)."""
+    names = list(metrics["models"])
+    cols = 3
+    rows = (len(columns) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 0.28 * len(names) * rows + 1.2 * rows),
+                             constrained_layout=True, squeeze=False)
+    for ax, (key, title) in zip(axes.flat, columns):
+        values = [metrics["models"][n]["splits"][split][key] for n in names]
+        colors = ["#555555" if n == "teacher" else "#3b7dd8" for n in names]
+        ax.barh(range(len(names)), values, color=colors)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        if key == "perplexity":
+            ax.set_xscale("log")
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle(f"split {split}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -54,17 +54,19 @@ def names_poi(text: str, poi: POI) -> bool:
 def foreign_places(text: str, request: GenerationRequest, names: PlaceNames) -> list[str]:
     """Names of POIs from other cells that the text mentions.
 
-    This cell's own names and localities are masked first, so 'Hyde Park Barracks' does not
-    count as 'Hyde Park'; a neighbour that the cell's own facts name stays allowed.
+    This cell's own names are masked first, so 'Hyde Park Barracks' does not count as 'Hyde
+    Park'; a neighbour that the cell's own facts name stays allowed, and so does a POI named like
+    the cell's locality ('Bondi Beach' the suburb). Localities are not masked in the text: masking
+    'Sydney' would hide 'Sydney Harbour Bridge' named at the Opera House.
     """
     own = {p.id for p in request.pois}
-    allowed = [f for p in request.pois for f in (*_name_forms(p.name), p.locality)]
-    masked = _pattern(allowed).sub(" ", text)
+    masked = _pattern(f for p in request.pois for f in _name_forms(p.name)).sub(" ", text)
     facts = " ".join(f for p in request.pois for f in p.facts)
+    localities = {request.locality, *(p.locality for p in request.pois)}
     return [
         p.name
         for p in names.mentioned(masked)
-        if p.id not in own and not names_poi(facts, p)
+        if p.id not in own and not names_poi(facts, p) and p.name not in localities
     ]
 
 
