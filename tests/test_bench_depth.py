@@ -1,0 +1,54 @@
+"""The depth experiment's own arithmetic: which depths it prunes to and how it draws its verdict."""
+
+from bench.depth import removal_counts, verdict
+from compress.depth import BASELINES
+
+
+def test_each_share_of_the_depth_becomes_whole_layers_with_both_neighbours_when_fractional():
+    assert removal_counts(12) == [3, 4, 5, 6]  # 37.5% of 12 is 4.5
+    assert removal_counts(24) == [6, 9, 12]
+    assert removal_counts(64) == [16, 24, 32]
+    assert removal_counts(4) == [1, 2]
+
+
+def test_the_verdict_compares_guided_with_every_baseline_in_the_right_direction():
+    def entry(kl, recall):
+        return {split: {"kl": {"mean": kl}, "top1_agreement": {"mean": 0.5}, "perplexity": {"mean": 2.0},
+                        "fact_recall": {"mean": recall}, "names_place": {"mean": 1.0}, "wrong_place": {"mean": 0.0},
+                        "style_ok": {"mean": 1.0}} for split in ("test", "known")}
+
+    summary = {"guided@3": entry(0.1, 0.9)}
+    summary |= {f"{b}@3": entry(0.2, 0.95) for b in BASELINES}
+    rows = verdict(summary, [3], ["known"])
+    kl = [r for r in rows if r["metric"] == "kl"]
+    recall = [r for r in rows if r["metric"] == "fact_recall"]
+    assert len(kl) == len(BASELINES) and all(r["guided_wins"] for r in kl)  # lower KL wins
+    assert not any(r["guided_wins"] for r in recall)  # lower recall loses
+    ties = [r for r in rows if r["metric"] == "style_ok"]
+    assert all(r["tie"] and not r["guided_wins"] for r in ties)
+
+
+def test_the_experiment_runs_end_to_end_on_the_micro_teacher(micro_teacher, tiny_corpus, tmp_path):
+    import json
+    from pathlib import Path
+
+    from bench.depth import main
+
+    out = tmp_path / "depth.md"
+    pois = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
+    assert main(["--teacher", str(micro_teacher), "--data", str(tiny_corpus), "--work", str(tmp_path / "work"),
+                 "--out", str(out), "--seeds", "2", "--capture-samples", "4", "--calibration-samples", "4",
+                 "--limit", "2", "--max-new-tokens", "12", "--latency-queries", "1", "--pois", str(pois),
+                 "--device", "cpu"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["counts"] == [1, 2] and len(report["students"]) == 2 * (len(BASELINES) + 1 + 1)
+    for remove in (1, 2):
+        assert report["summary"][f"random@{remove}"]["known"]["kl"]["n"] == 2
+        assert len(report["students"][f"guided-r{remove}"]["removed"]) == remove
+    text = out.read_text()
+    assert "## Verdict" in text and "| 2 | guided |" in text and f"--out docs/results/depth.md" not in text
+    for split in ("test", "known"):
+        assert (tmp_path / f"depth_{split}.png").read_bytes()[:4] == b"\x89PNG"
+    # Re-rendering from the JSON gives the same document.
+    assert main(["--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again.md")]) == 0
+    assert (tmp_path / "again.md").read_text() == text.replace("depth_", "again_").replace("depth.json", "again.json")
