@@ -234,8 +234,10 @@ def reading(report: dict) -> list[str]:
                 sel = [r for r in report["verdict"] if (r["split"], r["metric"], r["baseline"]) == (split, metric, baseline)]
                 wins = sum(r["guided_wins"] for r in sel)
                 if wins < len(sel):
-                    lost = [str(r["remove"]) for r in sel if not r["guided_wins"]]
-                    behind.append(f"{split} {metric} vs {baseline} (not ahead at {', '.join(lost)} removed)")
+                    lost = [str(r["remove"]) for r in sel if not r["guided_wins"] and not r["tie"]]
+                    tied = [str(r["remove"]) for r in sel if r["tie"]]
+                    where = [f"behind at {', '.join(lost)}"] * bool(lost) + [f"tied at {', '.join(tied)}"] * bool(tied)
+                    behind.append(f"{split} {metric} vs {baseline} ({'; '.join(where)} removed)")
     out.append("- Where guided is not ahead: " + ("; ".join(behind) if behind else "nowhere") + ".")
     if "known" in report["splits"]:
         out.append(f"- The teacher recalls {teacher['known']['fact_recall']:.3f} of the facts on known places.")
