@@ -139,7 +139,10 @@ def aggregate(scores: list[dict]) -> dict:
 
 
 def forced_metrics(model, teacher, sequences, batch_size: int) -> dict:
-    """Perplexity of the references, KL to the teacher and top-1 agreement, teacher-forced."""
+    """Perplexity of the references, KL to the teacher and top-1 agreement, teacher-forced.
+    The teacher's log-probabilities are recomputed batch by batch for each student rather than
+    stored: for a 151k vocabulary they would take gigabytes, and one teacher forward per batch is
+    cheap next to the generation that follows."""
     totals = ForcedTotals()
     if teacher is model:  # the teacher against itself: KL 0 and full agreement, by definition
         pairs = ((batch, batch) for batch in answer_logprobs(model, sequences, batch_size))
