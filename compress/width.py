@@ -1,0 +1,173 @@
+"""Width pruning: attention heads, KV groups, FFN neurons and hidden channels.
+
+Every layer keeps the same number of heads and neurons (the indices may differ per layer), so the
+result is a standard config that transformers, llama.cpp's `qwen3` loader and ONNX builders read:
+llama.cpp builds every layer at layer 0's size, so per-layer widths are out of scope.
+
+- heads (grouped-query attention): query heads are removed evenly inside each KV group, so every
+  group keeps `heads / kv_heads` query heads; `head_dim`, `q_norm` and `k_norm` stay.
+- KV groups: a group's k/v rows go together with all of its query heads.
+- FFN neurons: one index set for the rows of gate_proj and up_proj and the columns of down_proj.
+- hidden channels: one index set for the whole residual stream: embeddings, lm_head, every
+  RMSNorm weight, the inputs of q/k/v/gate/up and the outputs of o/down.
+
+Which indices to keep comes from the capture's importance.safetensors (Minitron importance:
+per-sample mean |activation|, L2 over samples; entropy-weighted or not) or from the baselines
+(weight magnitude, random): see `keep_by_score`, `keep_heads_in_groups`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.load import decoder_layers, layer_parts, layout_of
+
+
+def _linear(old: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
+    """A new Linear holding the chosen output rows / input columns of `old` (bias follows rows)."""
+    weight = old.weight.data
+    if out_idx is not None:
+        weight = weight.index_select(0, out_idx.to(weight.device))
+    if in_idx is not None:
+        weight = weight.index_select(1, in_idx.to(weight.device))
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=old.bias is not None, device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if old.bias is not None:
+        bias = old.bias.data if out_idx is None else old.bias.data.index_select(0, out_idx.to(weight.device))
+        new.bias.data.copy_(bias)
+    return new
+
+
+def _per_layer(model: nn.Module, keep: list[torch.Tensor], what: str, total: int) -> int:
+    """The common size of one index set per decoder layer, after checking them."""
+    layers = decoder_layers(model)
+    if len(keep) != len(layers):
+        raise ValueError(f"one index set per layer: {len(layers)} needed, {len(keep)} given")
+    return _uniform(keep, what, total)
+
+
+def _uniform(keep: list[torch.Tensor], what: str, total: int) -> int:
+    sizes = {len(k) for k in keep}
+    if len(sizes) != 1:
+        raise ValueError(f"every layer must keep the same number of {what}; got {sorted(sizes)}")
+    size = sizes.pop()
+    for k in keep:
+        if not 0 < size <= total or len(set(k.tolist())) != size or int(k.min()) < 0 or int(k.max()) >= total:
+            raise ValueError(f"{what}: keep 1..{total} distinct indices in 0..{total - 1}")
+    return size
+
+
+def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+
+
+def prune_ffn(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
+    """Keep FFN neurons `keep[i]` (sorted) in layer i; in place."""
+    size = _per_layer(model, keep, "FFN neurons", model.config.intermediate_size)
+    for i, idx in enumerate(keep):
+        mlp = layer_parts(model, i).mlp
+        idx = idx.sort().values
+        mlp.gate_proj = _linear(mlp.gate_proj, out_idx=idx)
+        mlp.up_proj = _linear(mlp.up_proj, out_idx=idx)
+        mlp.down_proj = _linear(mlp.down_proj, in_idx=idx)
+    model.config.intermediate_size = size
+    return model
+
+
+def prune_heads(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
+    """Keep query heads `keep[i]` in layer i; each KV group must keep the same number. In place."""
+    config = model.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    group = heads // kv
+    size = _per_layer(model, keep, "query heads", heads)
+    if size % kv:
+        raise ValueError(f"{size} query heads cannot be spread evenly over {kv} KV groups")
+    for i, idx in enumerate(keep):
+        idx = idx.sort().values
+        counts = torch.bincount(idx // group, minlength=kv)
+        if not torch.all(counts == size // kv):
+            raise ValueError(f"layer {i}: each KV group must keep {size // kv} query heads; got {counts.tolist()}")
+        attn = layer_parts(model, i).attn
+        rows = _head_rows(idx, attn.head_dim)
+        attn.q_proj = _linear(attn.q_proj, out_idx=rows)
+        attn.o_proj = _linear(attn.o_proj, in_idx=rows)
+        attn.num_key_value_groups = size // kv
+    config.num_attention_heads = size
+    return model
+
+
+def prune_kv_groups(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
+    """Keep KV groups `keep[i]` in layer i, each with all of its query heads. In place."""
+    config = model.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    group = heads // kv
+    size = _per_layer(model, keep, "KV groups", kv)
+    for i, idx in enumerate(keep):
+        idx = idx.sort().values
+        attn = layer_parts(model, i).attn
+        kv_rows = _head_rows(idx, attn.head_dim)
+        q_rows = _head_rows((idx[:, None] * group + torch.arange(group)).reshape(-1), attn.head_dim)
+        attn.q_proj = _linear(attn.q_proj, out_idx=q_rows)
+        attn.k_proj = _linear(attn.k_proj, out_idx=kv_rows)
+        attn.v_proj = _linear(attn.v_proj, out_idx=kv_rows)
+        attn.o_proj = _linear(attn.o_proj, in_idx=q_rows)
+    config.num_key_value_heads = size
+    config.num_attention_heads = size * group
+    return model
+
+
+def _norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
+    norm.weight = nn.Parameter(norm.weight.data.index_select(0, idx.to(norm.weight.device)).clone())
+    return norm
+
+
+def prune_hidden(model: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """Keep hidden channels `keep` of the residual stream, everywhere it is read or written. In place.
+    RMSNorm then normalises over the kept channels only: exact when all are kept, an
+    approximation that healing repairs otherwise."""
+    config = model.config
+    idx = keep.sort().values
+    _uniform([idx], "hidden channels", config.hidden_size)
+    layout = layout_of(model)
+    parent_path, _, attr = layout.embed.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    old = getattr(parent, attr)
+    embed = nn.Embedding(old.num_embeddings, len(idx), padding_idx=old.padding_idx,
+                         device=old.weight.device, dtype=old.weight.dtype)
+    embed.weight.data.copy_(old.weight.data.index_select(1, idx.to(old.weight.device)))
+    setattr(parent, attr, embed)
+    for i in range(len(decoder_layers(model))):
+        parts = layer_parts(model, i)
+        attn, mlp = parts.attn, parts.mlp
+        _norm(parts.input_norm, idx)
+        _norm(parts.post_attn_norm, idx)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(attn, name, _linear(getattr(attn, name), in_idx=idx))
+        attn.o_proj = _linear(attn.o_proj, out_idx=idx)
+        mlp.gate_proj = _linear(mlp.gate_proj, in_idx=idx)
+        mlp.up_proj = _linear(mlp.up_proj, in_idx=idx)
+        mlp.down_proj = _linear(mlp.down_proj, out_idx=idx)
+    _norm(model.get_submodule(layout.final_norm), idx)
+    head = model.get_output_embeddings()
+    if getattr(config, "tie_word_embeddings", False):
+        head.weight = embed.weight
+    else:
+        model.set_output_embeddings(_linear(head, in_idx=idx))
+    config.hidden_size = len(idx)
+    return model
+
+
+def keep_by_score(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` highest scores, in ascending index order (ties: lower index)."""
+    if not 0 < count <= scores.shape[-1]:
+        raise ValueError(f"keep 1..{scores.shape[-1]}, not {count}")
+    order = torch.argsort(-scores.double(), stable=True)
+    return order[:count].sort().values
+
+
+def keep_heads_in_groups(scores: torch.Tensor, kv_heads: int, per_group: int) -> torch.Tensor:
+    """The `per_group` best query heads inside each of `kv_heads` groups, from per-head scores [heads]."""
+    group = scores.shape[0] // kv_heads
+    chosen = [g * group + keep_by_score(scores[g * group:(g + 1) * group], per_group) for g in range(kv_heads)]
+    return torch.cat(chosen)

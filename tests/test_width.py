@@ -1,0 +1,99 @@
+"""Width pruning keeps exactly the heads, neurons and channels it is told to, in a standard config."""
+
+import pytest
+import torch
+
+from compress.width import (keep_by_score, keep_heads_in_groups, prune_ffn, prune_heads, prune_hidden,
+                            prune_kv_groups)
+from models.load import LoadOptions, decoder_layers, load_model
+
+TEXT = "The Queen Victoria Building fills a block of George Street."
+
+
+@pytest.fixture
+def loaded(micro_teacher):
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    return model, torch.tensor([tok(TEXT)["input_ids"]]), tok
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_keeping_everything_changes_nothing(loaded):
+    model, ids, _ = loaded
+    before = logits(model, ids)
+    n, c = len(decoder_layers(model)), model.config
+    prune_ffn(model, [torch.arange(c.intermediate_size)] * n)
+    prune_heads(model, [torch.arange(c.num_attention_heads)] * n)
+    prune_kv_groups(model, [torch.arange(c.num_key_value_heads)] * n)
+    prune_hidden(model, torch.arange(c.hidden_size))
+    assert torch.allclose(logits(model, ids), before, atol=1e-6)
+
+
+def test_removing_neurons_and_heads_equals_silencing_them_in_the_original(loaded, micro_teacher):
+    model, ids, _ = loaded
+    reference, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    n, hd = len(decoder_layers(model)), model.config.head_dim
+    neurons = [torch.randperm(192, generator=torch.Generator().manual_seed(i))[:96] for i in range(n)]
+    heads = [torch.tensor([0, 3]), torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([0, 2])]  # one per KV group
+    with torch.no_grad():
+        for i, layer in enumerate(decoder_layers(reference)):
+            silent = torch.ones(192, dtype=torch.bool)
+            silent[neurons[i]] = False
+            layer.mlp.down_proj.weight[:, silent] = 0
+            for h in set(range(4)) - set(heads[i].tolist()):
+                layer.self_attn.o_proj.weight[:, h * hd:(h + 1) * hd] = 0
+    prune_ffn(model, neurons)
+    prune_heads(model, heads)
+    assert model.config.intermediate_size == 96 and model.config.num_attention_heads == 2
+    assert torch.allclose(logits(model, ids), logits(reference, ids), atol=1e-5)
+
+
+def test_removing_a_kv_group_removes_its_query_heads_too(loaded, micro_teacher):
+    model, ids, _ = loaded
+    reference, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    hd = model.config.head_dim
+    with torch.no_grad():
+        for layer in decoder_layers(reference):  # group 0 = query heads 0 and 1
+            layer.self_attn.o_proj.weight[:, : 2 * hd] = 0
+    prune_kv_groups(model, [torch.tensor([1])] * 4)
+    assert (model.config.num_key_value_heads, model.config.num_attention_heads) == (1, 2)
+    assert decoder_layers(model)[0].self_attn.k_proj.weight.shape == (hd, 64)
+    assert torch.allclose(logits(model, ids), logits(reference, ids), atol=1e-5)
+
+
+def test_a_pruned_checkpoint_is_a_standard_config_that_round_trips(loaded, tmp_path):
+    model, ids, tok = loaded
+    prune_ffn(model, [torch.arange(0, 192, 2)] * 4)
+    prune_heads(model, [torch.tensor([0, 2])] * 4)
+    prune_hidden(model, keep_by_score(torch.arange(64.0), 48))
+    c = model.config
+    assert (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (48, 96, 2, 2, 16)
+    for name, tensor in model.state_dict().items():
+        if "embed_tokens" in name or "lm_head" in name:
+            assert tensor.shape[1] == 48
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, _ = load_model(str(tmp_path), LoadOptions(dtype="float32"))
+    assert torch.allclose(logits(again, ids), logits(model, ids), atol=1e-5)
+    with torch.no_grad():
+        cached = again.generate(ids[:, :5], max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
+        plain = again.generate(ids[:, :5], max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(cached, plain)
+
+
+def test_uneven_choices_are_refused(loaded):
+    model, _, _ = loaded
+    with pytest.raises(ValueError, match="each KV group must keep 1"):
+        prune_heads(model, [torch.tensor([0, 1])] * 4)  # both from group 0
+    with pytest.raises(ValueError, match="same number of FFN neurons"):
+        prune_ffn(model, [torch.arange(96)] * 3 + [torch.arange(90)])
+    with pytest.raises(ValueError, match="spread evenly"):
+        prune_heads(model, [torch.tensor([0, 1, 2])] * 4)
+
+
+def test_importance_picks_the_highest_scores_inside_each_group():
+    assert keep_by_score(torch.tensor([0.1, 0.9, 0.5, 0.7]), 2).tolist() == [1, 3]
+    assert keep_heads_in_groups(torch.tensor([0.1, 0.9, 0.8, 0.2]), kv_heads=2, per_group=1).tolist() == [1, 2]
