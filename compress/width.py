@@ -13,10 +13,19 @@ llama.cpp builds every layer at layer 0's size, so per-layer widths are out of s
 
 Which indices to keep comes from the capture's importance.safetensors (Minitron importance:
 per-sample mean |activation|, L2 over samples; entropy-weighted or not) or from the baselines
-(weight magnitude, random): see `keep_by_score`, `keep_heads_in_groups`.
+(weight magnitude, random): see `importance_scores` and `prune_width`.
+
+    python -m compress.width --model M --importance out/capture --ffn 256 --heads 4 --out DIR
+
+Not yet here (issue 5): a parameter budget (`--params`) solved into sizes, and healing.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -171,3 +180,131 @@ def keep_heads_in_groups(scores: torch.Tensor, kv_heads: int, per_group: int) ->
     group = scores.shape[0] // kv_heads
     chosen = [g * group + keep_by_score(scores[g * group:(g + 1) * group], per_group) for g in range(kv_heads)]
     return torch.cat(chosen)
+
+
+SOURCES = ("activation", "magnitude", "random")
+
+
+def importance_scores(model: nn.Module, source: str = "activation", importance_file: str | None = None,
+                      variant: str = "weighted", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Scores per layer for FFN neurons [L, ffn] and query heads [L, heads], and for hidden
+    channels [hidden] (higher = keep):
+    - activation: the capture's Minitron importance (importance.safetensors); channels are
+      aggregated over layers by L2, as their one index set serves every layer;
+    - magnitude: weight norms (neuron: |gate row| * |up row| * |down column|; head: its o_proj
+      columns; channel: its embedding column), the data-free baseline;
+    - random: seeded uniform scores."""
+    layers = decoder_layers(model)
+    n, c = len(layers), model.config
+    if source == "random":
+        g = torch.Generator().manual_seed(seed)
+        return {"neuron": torch.rand(n, c.intermediate_size, generator=g),
+                "head": torch.rand(n, c.num_attention_heads, generator=g),
+                "channel": torch.rand(c.hidden_size, generator=g)}
+    if source == "magnitude":
+        neuron, head = [], []
+        for i in range(n):
+            parts = layer_parts(model, i)
+            mlp, o = parts.mlp, parts.o_proj.weight.detach().float()
+            neuron.append(mlp.gate_proj.weight.detach().float().norm(dim=1) * mlp.up_proj.weight.detach().float().norm(dim=1)
+                          * mlp.down_proj.weight.detach().float().norm(dim=0))
+            head.append(o.reshape(o.shape[0], c.num_attention_heads, -1).norm(dim=(0, 2)))
+        embed = model.get_input_embeddings().weight.detach().float()
+        return {"neuron": torch.stack(neuron).cpu(), "head": torch.stack(head).cpu(), "channel": embed.norm(dim=0).cpu()}
+    if source != "activation":
+        raise ValueError(f"unknown importance source {source!r}; choose {', '.join(SOURCES)}")
+    if importance_file is None:
+        raise ValueError("activation importance needs the capture's importance.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(importance_file), "pt") as f:
+        captured = json.loads(f.metadata()["layers"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if captured != list(range(n)):
+        raise ValueError(f"width pruning needs importance for every layer 0..{n - 1}; the capture has {captured}")
+    return {"neuron": tensors[f"{variant}.neuron_importance"], "head": tensors[f"{variant}.head_importance"],
+            "channel": tensors[f"{variant}.channel_importance"].double().norm(dim=0).float()}
+
+
+def prune_width(model: nn.Module, scores: dict[str, torch.Tensor], kv_heads: int | None = None,
+                heads: int | None = None, ffn: int | None = None, hidden: int | None = None) -> dict:
+    """Prune to the target sizes (None keeps a size) by the given scores; returns what was kept."""
+    c = model.config
+    n = len(decoder_layers(model))
+    kept: dict = {}
+    head_scores = scores["head"]
+    group = c.num_attention_heads // c.num_key_value_heads
+    if kv_heads is not None and kv_heads != c.num_key_value_heads:
+        group_scores = head_scores.reshape(n, c.num_key_value_heads, group).sum(-1)
+        kept["kv_groups"] = [keep_by_score(group_scores[i], kv_heads) for i in range(n)]
+        # The surviving heads' scores, in their new order, for the query-head step below.
+        head_scores = torch.stack([head_scores[i].reshape(-1, group)[kept["kv_groups"][i]].reshape(-1) for i in range(n)])
+        prune_kv_groups(model, kept["kv_groups"])
+    if heads is not None and heads != c.num_attention_heads:
+        kv = c.num_key_value_heads
+        if heads % kv:
+            raise ValueError(f"--heads {heads} is not a multiple of the {kv} KV groups")
+        kept["heads"] = [keep_heads_in_groups(head_scores[i], kv, heads // kv) for i in range(n)]
+        prune_heads(model, kept["heads"])
+    if ffn is not None and ffn != c.intermediate_size:
+        kept["ffn"] = [keep_by_score(scores["neuron"][i], ffn) for i in range(n)]
+        prune_ffn(model, kept["ffn"])
+    if hidden is not None and hidden != c.hidden_size:
+        kept["hidden"] = keep_by_score(scores["channel"], hidden)
+        prune_hidden(model, kept["hidden"])
+    return kept
+
+
+PLAN_FILE = "width_plan.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compress.analyze import IMPORTANCE_FILE
+    from compress.depth import save_pruned
+    from data.io import write_atomic
+    from models.load import LoadOptions, ModelLoadError, load_model
+
+    parser = argparse.ArgumentParser(prog="python -m compress.width",
+                                     description="Prune attention heads, KV groups, FFN neurons and hidden channels "
+                                     "to uniform target sizes; writes the checkpoint and width_plan.json.")
+    parser.add_argument("--model", required=True, help="model directory or Hugging Face hub id")
+    parser.add_argument("--importance", help="importance.safetensors or the capture/analysis directory holding it")
+    parser.add_argument("--source", choices=SOURCES, default="activation")
+    parser.add_argument("--variant", choices=("weighted", "unweighted"), default="weighted")
+    parser.add_argument("--kv-heads", type=int)
+    parser.add_argument("--heads", type=int, help="query heads (a multiple of the KV heads kept)")
+    parser.add_argument("--ffn", type=int, help="FFN neurons per layer")
+    parser.add_argument("--hidden", type=int, help="hidden size")
+    parser.add_argument("--seed", type=int, default=0, help="for --source random")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    path = Path(args.importance) if args.importance else None
+    if path is not None and path.is_dir():
+        path = path / IMPORTANCE_FILE
+    try:
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"no importance file at {path}: run python -m compress.analyze")
+        model, tokenizer = load_model(args.model, LoadOptions(dtype=args.dtype, device=args.device))
+        before = sum(p.numel() for p in model.parameters())
+        scores = importance_scores(model, args.source, str(path) if path else None, args.variant, args.seed)
+        kept = prune_width(model, scores, args.kv_heads, args.heads, args.ffn, args.hidden)
+    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    after = sum(p.numel() for p in model.parameters())
+    out = save_pruned(model, tokenizer, args.out)
+    c = model.config
+    plan = {"model": args.model, "source": args.source, "variant": args.variant, "seed": args.seed,
+            "sizes": {"kv_heads": c.num_key_value_heads, "heads": c.num_attention_heads,
+                      "ffn": c.intermediate_size, "hidden": c.hidden_size},
+            "parameters": {"before": before, "after": after},
+            "kept": {k: [t.tolist() for t in v] if isinstance(v, list) else v.tolist() for k, v in kept.items()}}
+    write_atomic(out / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

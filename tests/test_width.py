@@ -97,3 +97,49 @@ def test_uneven_choices_are_refused(loaded):
 def test_importance_picks_the_highest_scores_inside_each_group():
     assert keep_by_score(torch.tensor([0.1, 0.9, 0.5, 0.7]), 2).tolist() == [1, 3]
     assert keep_heads_in_groups(torch.tensor([0.1, 0.9, 0.8, 0.2]), kv_heads=2, per_group=1).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("source", ["activation", "magnitude", "random"])
+def test_targets_become_a_smaller_standard_model_from_each_importance_source(micro_teacher, micro_analysis, source, tmp_path):
+    from compress.width import importance_scores, prune_width
+
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    scores = importance_scores(model, source, str(micro_analysis / "importance.safetensors"), seed=1)
+    assert scores["neuron"].shape == (4, 192) and scores["head"].shape == (4, 4) and scores["channel"].shape == (64,)
+    kept = prune_width(model, scores, kv_heads=1, heads=1, ffn=64, hidden=32)
+    c = model.config
+    assert (c.num_key_value_heads, c.num_attention_heads, c.intermediate_size, c.hidden_size) == (1, 1, 64, 32)
+    assert len(kept["kv_groups"]) == 4 and all(len(k) == 64 for k in kept["ffn"])
+    if source == "activation":  # the best-scored neurons of layer 0 are the ones kept
+        best = torch.argsort(scores["neuron"][0], descending=True)[:64].sort().values
+        assert torch.equal(kept["ffn"][0], best)
+    model.save_pretrained(tmp_path)
+    again, _ = load_model(str(tmp_path), LoadOptions(dtype="float32"))
+    ids = torch.tensor([tok(TEXT)["input_ids"]])
+    assert torch.allclose(logits(again, ids), logits(model, ids), atol=1e-5)
+
+
+def test_activation_importance_needs_every_layer_captured(micro_teacher):
+    from compress.width import importance_scores
+
+    model, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    with pytest.raises(ValueError, match="importance.safetensors"):
+        importance_scores(model, "activation")
+    with pytest.raises(ValueError, match="unknown importance source"):
+        importance_scores(model, "oracle")
+
+
+def test_the_cli_writes_a_loadable_checkpoint_and_its_plan(micro_teacher, micro_analysis, tmp_path):
+    import json
+
+    from compress.width import main
+
+    assert main(["--model", str(micro_teacher), "--importance", str(micro_analysis), "--ffn", "96", "--heads", "2",
+                 "--out", str(tmp_path / "w")]) == 0
+    plan = json.loads((tmp_path / "w" / "width_plan.json").read_text())
+    assert plan["sizes"] == {"kv_heads": 2, "heads": 2, "ffn": 96, "hidden": 64}
+    assert plan["parameters"]["after"] < plan["parameters"]["before"] and len(plan["kept"]["ffn"]) == 4
+    model, _ = load_model(str(tmp_path / "w"), LoadOptions(dtype="float32"))
+    assert model.config.intermediate_size == 96
+    assert main(["--model", str(micro_teacher), "--importance", str(tmp_path / "none"), "--ffn", "8",
+                 "--out", str(tmp_path / "x")]) == 2
