@@ -193,6 +193,10 @@ def render(report: dict) -> str:
     lines += ["## Latency (one query at a time, median)", "", "| layers | s/query | tokens/s |", "|---:|---:|---:|"]
     for layers, (seconds, rate) in sorted(lat.items(), key=lambda kv: -int(kv[0])):
         lines.append(f"| {layers} | {seconds:.3f} | {rate:.0f} |")
+    lines += ["", "Medians over the students of each depth (first split's first queries, greedy, up to "
+              f"{report['max_new_tokens']} new tokens). Seconds per query can grow as layers go because damaged "
+              "students stop later or not at all; tokens/s is the speed. Transformers generate, not the "
+              "offline runtimes (llama.cpp / ONNX numbers come with the export benchmarks)."]
     lines += ["", "Columns: ppl = perplexity of the reference answers; KL = KL(teacher || student) in nats per answer "
               "token; top-1 = agreement with the teacher's most likely next token (both teacher-forced on the "
               "references); facts = share of the reference's POI facts the greedy answer states; names = answers "
