@@ -185,6 +185,21 @@ def keep_heads_in_groups(scores: torch.Tensor, kv_heads: int, per_group: int) ->
 SOURCES = ("activation", "magnitude", "random")
 
 
+def parameter_count(config) -> int:
+    """Parameters of a Qwen3 / Qwen2 / Llama decoder from its config alone (no weights), so the
+    pruned shapes of a 32B teacher can be planned on a laptop."""
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
+    attention = 2 * h * q + 2 * h * kv + (q + 2 * kv if bias else 0)
+    if config.model_type == "qwen3":
+        attention += 2 * hd  # q_norm, k_norm
+    per_layer = attention + 3 * h * config.intermediate_size + 2 * h
+    embeddings = vocab * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    return embeddings + layers * per_layer + h
+
+
 def importance_scores(model: nn.Module, source: str = "activation", importance_file: str | None = None,
                       variant: str = "weighted", seed: int = 0) -> dict[str, torch.Tensor]:
     """Scores per layer for FFN neurons [L, ffn] and query heads [L, heads], and for hidden

@@ -143,3 +143,24 @@ def test_the_cli_writes_a_loadable_checkpoint_and_its_plan(micro_teacher, micro_
     assert model.config.intermediate_size == 96
     assert main(["--model", str(micro_teacher), "--importance", str(tmp_path / "none"), "--ffn", "8",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_parameter_count_from_the_config_alone_matches_the_weights(loaded, micro_teacher, tmp_path):
+    from transformers import Qwen3Config
+
+    from compress.width import parameter_count
+
+    model, _, tok = loaded
+    assert parameter_count(model.config) == sum(p.numel() for p in model.parameters())
+    prune_ffn(model, [torch.arange(100)] * 4)
+    prune_hidden(model, torch.arange(40))
+    assert parameter_count(model.config) == sum(p.numel() for p in model.parameters())
+    for kind in ("qwen2", "llama"):
+        from test_teacher import save_tiny
+
+        other, _ = load_model(str(save_tiny(kind, tmp_path / kind, tok)), LoadOptions(dtype="float32"))
+        assert parameter_count(other.config) == sum(p.numel() for p in other.parameters())
+    # Qwen3-32B's published shape: 64 layers, hidden 5120, 64 query / 8 KV heads of 128, FFN 25600.
+    big = Qwen3Config(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
+                      num_attention_heads=64, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+    assert 32.7e9 < parameter_count(big) < 32.9e9
