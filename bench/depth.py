@@ -29,7 +29,7 @@ import torch
 from compress.analyze import analyze
 from compress.capture import CaptureConfig, run_capture
 from compress.depth import (BASELINES, PLAN_FILE, GuidedConfig, calibration_for, make_plan, prune_to_dir)
-from compress.evaluate import COLUMNS, EvalConfig, Evaluation, evaluate
+from compress.evaluate import COLUMNS, HIGHER_IS_BETTER, EvalConfig, Evaluation, evaluate
 from data.io import write_atomic
 from data.poi import SYDNEY
 from models.load import decoder_layers
@@ -38,10 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARES = (0.25, 0.375, 0.5)
 COLORS = {"guided": "#d62728", "shortgpt": "#1f77b4", "angular": "#ff7f0e", "u-shape": "#2ca02c",
           "alternate": "#9467bd", "random": "#8c564b"}
-# The metrics the verdict is drawn on, per split: (key, higher is better).
-VERDICT = {"test": (("kl", False), ("top1_agreement", True), ("perplexity", False)),
-           "known": (("kl", False), ("top1_agreement", True), ("perplexity", False), ("fact_recall", True),
-                     ("names_place", True), ("wrong_place", False), ("style_ok", True))}
+# The metrics the verdict is drawn on, per split (which way is better: compress.evaluate.COLUMNS).
+VERDICT = {"test": ("kl", "top1_agreement", "perplexity"),
+           "known": ("kl", "top1_agreement", "perplexity", "fact_recall", "names_place", "wrong_place", "style_ok")}
 
 
 def removal_counts(num_layers: int, shares=SHARES) -> list[int]:
@@ -112,12 +111,12 @@ def verdict(summary: dict, counts: list[int], splits: list[str]) -> list[dict]:
     """guided against each baseline, each count and verdict metric: the difference and who wins."""
     rows = []
     for split in splits:
-        for metric, higher in VERDICT.get(split, ()):
+        for metric in VERDICT.get(split, ()):
             for baseline in BASELINES:
                 for remove in counts:
                     g = summary[f"guided@{remove}"][split][metric]["mean"]
                     b = summary[f"{baseline}@{remove}"][split][metric]["mean"]
-                    better = g > b if higher else g < b
+                    better = g > b if HIGHER_IS_BETTER[metric] else g < b
                     rows.append({"split": split, "metric": metric, "baseline": baseline, "remove": remove,
                                  "guided": g, "baseline_value": b, "guided_wins": better and g != b,
                                  "tie": g == b})
@@ -159,7 +158,7 @@ def render(report: dict) -> str:
     lines += ["", "| split | metric | " + " | ".join(f"vs {b}" for b in BASELINES) + " |",
               "|---|---|" + "---|" * len(BASELINES)]
     for split in splits:
-        for metric, _ in VERDICT.get(split, ()):
+        for metric in VERDICT.get(split, ()):
             cells = []
             for baseline in BASELINES:
                 rows = [r for r in report["verdict"] if r["split"] == split and r["metric"] == metric and r["baseline"] == baseline]
@@ -207,9 +206,9 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _best_other(report: dict, split: str, metric: str, remove: int, higher: bool) -> tuple[str, float]:
+def _best_other(report: dict, split: str, metric: str, remove: int) -> tuple[str, float]:
     values = {b: report["summary"][f"{b}@{remove}"][split][metric]["mean"] for b in BASELINES}
-    best = max(values, key=values.get) if higher else min(values, key=values.get)
+    best = max(values, key=values.get) if HIGHER_IS_BETTER[metric] else min(values, key=values.get)
     return best, values[best]
 
 
@@ -220,20 +219,20 @@ def reading(report: dict) -> list[str]:
     teacher = report["teacher_metrics"]
     for remove in report["counts"]:
         parts = []
-        for split, metric, higher, label in (("known", "fact_recall", True, "fact recall on known places"),
-                                             ("known", "kl", False, "KL on known places"),
-                                             ("test", "kl", False, "KL on held-out places")):
+        for split, metric, label in (("known", "fact_recall", "fact recall on known places"),
+                                     ("known", "kl", "KL on known places"),
+                                     ("test", "kl", "KL on held-out places")):
             if split not in report["splits"]:
                 continue
             g = report["summary"][f"guided@{remove}"][split][metric]["mean"]
-            name, b = _best_other(report, split, metric, remove, higher)
-            wins = (g > b) if higher else (g < b)
+            name, b = _best_other(report, split, metric, remove)
+            wins = (g > b) if HIGHER_IS_BETTER[metric] else (g < b)
             parts.append(f"{label} {_fmt(g, metric)} vs {_fmt(b, metric)} for the best other ({name}) "
                          f"{'**guided ahead**' if wins else '**guided behind**' if g != b else 'tie'}")
         out.append(f"- Removing {remove} of {n} layers ({100 * remove / n:.1f}%): " + "; ".join(parts) + ".")
     behind = []
     for split in report["splits"]:
-        for metric, _ in VERDICT.get(split, ()):
+        for metric in VERDICT.get(split, ()):
             for baseline in BASELINES:
                 sel = [r for r in report["verdict"] if (r["split"], r["metric"], r["baseline"]) == (split, metric, baseline)]
                 wins = sum(r["guided_wins"] for r in sel)

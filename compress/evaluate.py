@@ -41,7 +41,7 @@ from data.poi import SYDNEY
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 
-# Metric key, column title, format, and whether higher is better (for the report's reading).
+# Metric key, column title, format, and whether higher is better (read by comparisons, bench.depth).
 COLUMNS = (
     ("perplexity", "ppl", "{:.2f}", False),
     ("kl", "KL", "{:.3f}", False),
@@ -53,6 +53,7 @@ COLUMNS = (
     ("style_ok", "style", "{:.3f}", True),
     ("repetition", "rep", "{:.3f}", False),
 )
+HIGHER_IS_BETTER = {key: higher for key, _, _, higher in COLUMNS}
 
 
 @dataclass
