@@ -292,25 +292,32 @@ def format_report(metrics: dict, title: str = "Evaluation") -> str:
              f"up to {config['limit']} samples per split (seed {config['seed']}); {decoding} decoding, "
              f"at most {config['max_new_tokens']} new tokens.", ""]
     for split in config["splits"]:
-        lines += [f"## Split `{split}`", "",
-                  "| model | layers | params | " + " | ".join(c[1] for c in COLUMNS) + " | s/query | tok/s |",
-                  "|---|---:|---:|" + "---:|" * (len(COLUMNS) + 2)]
-        for name, m in metrics["models"].items():
-            s = m["splits"][split]
-            cells = [fmt.format(s[key]) for key, _, fmt, _ in COLUMNS]
-            lat = m.get("latency") or {}
-            lines.append(f"| {name} | {m['layers']} | {m['parameters'] / 1e6:.2f}M | " + " | ".join(cells)
-                         + f" | {lat.get('latency_s', float('nan')):.2f} | {lat.get('tokens_per_s', float('nan')):.0f} |")
-        lines.append("")
-    lines += ["ppl: perplexity of the reference answers. KL: KL(teacher || model), nats per answer token. "
-              "top-1: share of answer positions where the model's most likely token is the teacher's. "
-              "facts: of the POI facts the reference states, the share the generated answer states. "
-              "names: answers naming their place. wrong: answers naming a POI of another cell. "
-              "length / style: answers inside the style's word band / passing every style check. "
-              "rep: share of repeated word 3-grams. s/query and tok/s: one query at a time, median.", ""]
+        lines += [f"## Split `{split}`", "", *metric_table(metrics, split), ""]
+    lines += [METRIC_LEGEND, ""]
     for split in config["splits"]:
         lines.append(f"![{split}](metrics_{split}.png)")
     return "\n".join(lines) + "\n"
+
+
+def metric_table(metrics: dict, split: str) -> list[str]:
+    """Markdown rows: every model of `metrics` on one split, every column."""
+    lines = ["| model | layers | params | " + " | ".join(c[1] for c in COLUMNS) + " | s/query | tok/s |",
+             "|---|---:|---:|" + "---:|" * (len(COLUMNS) + 2)]
+    for name, m in metrics["models"].items():
+        s = m["splits"][split]
+        cells = [fmt.format(s[key]) for key, _, fmt, _ in COLUMNS]
+        lat = m.get("latency") or {}
+        lines.append(f"| {name} | {m['layers']} | {m['parameters'] / 1e6:.2f}M | " + " | ".join(cells)
+                     + f" | {lat.get('latency_s', float('nan')):.2f} | {lat.get('tokens_per_s', float('nan')):.0f} |")
+    return lines
+
+
+METRIC_LEGEND = ("ppl: perplexity of the reference answers. KL: KL(teacher || model), nats per answer token. "
+                 "top-1: share of answer positions where the model's most likely token is the teacher's. "
+                 "facts: of the POI facts the reference states, the share the generated answer states. "
+                 "names: answers naming their place. wrong: answers naming a POI of another cell. "
+                 "length / style: answers inside the style's word band / passing every style check. "
+                 "rep: share of repeated word 3-grams. s/query and tok/s: one query at a time, median.")
 
 
 def write_report(metrics: dict, out_dir: str | Path, title: str = "Evaluation") -> Path:

@@ -90,3 +90,21 @@ def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
+    """Training loss and validation KL / top-1 over the steps of each healing (compress.heal)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), constrained_layout=True)
+    for name, report in reports.items():
+        steps, loss = zip(*report["losses"]) if report["losses"] else ((), ())
+        axes[0].plot(steps, loss, label=name)
+        v = report["validations"]
+        axes[1].plot([x["step"] for x in v], [x["kl"] for x in v], marker="o", label=name)
+        axes[2].plot([x["step"] for x in v], [x["top1_agreement"] for x in v], marker="o", label=name)
+    for ax, title in zip(axes, ("training loss (smoothed)", "validation KL to the teacher", "validation top-1 agreement")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

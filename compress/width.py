@@ -17,7 +17,9 @@ per-sample mean |activation|, L2 over samples; entropy-weighted or not) or from 
 
     python -m compress.width --model M --importance out/capture --ffn 256 --heads 4 --out DIR
 
-Not yet here (issue 5): a parameter budget (`--params`) solved into sizes, and healing.
+or with a parameter budget instead of sizes (`solve_budget`):
+
+    python -m compress.width --model M --importance out/capture --params 3e9 --out DIR
 """
 
 from __future__ import annotations
@@ -200,12 +202,89 @@ def parameter_count(config) -> int:
     return embeddings + layers * per_layer + h
 
 
+BUDGET_AXES = ("hidden", "ffn", "heads", "kv_heads")
+_CONFIG_FIELD = {"hidden": "hidden_size", "ffn": "intermediate_size", "heads": "num_attention_heads",
+                 "kv_heads": "num_key_value_heads"}
+
+
+def alignment(size: int) -> int:
+    """The multiple a pruned width is rounded to: 256 for big widths (llama.cpp's k-quant blocks
+    hold 256 values per row, so Q4_K needs rows that are multiples of 256), 32 or 8 below."""
+    return 256 if size >= 2048 else 32 if size >= 256 else 8
+
+
+def parse_count(text: str | float | int) -> int:
+    """A parameter count written as 3e9, 3B, 3.02B, 800M, 250k or 123456."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    t = text.strip().upper().replace("_", "")
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if scale != 1 else t) * scale)
+    except ValueError:
+        raise ValueError(f"not a parameter count: {text!r} (write e.g. 3e9, 3B or 800M)") from None
+
+
+def shrunk_config(config, sizes: dict[str, int]):
+    """A copy of `config` with the given widths (keys of BUDGET_AXES) and, optionally, layers."""
+    import copy
+
+    new = copy.deepcopy(config)
+    for axis, size in sizes.items():
+        if axis == "layers":
+            new.num_hidden_layers = size
+            if getattr(new, "layer_types", None):
+                new.layer_types = new.layer_types[:size]
+        else:
+            setattr(new, _CONFIG_FIELD[axis], size)
+    return new
+
+
+def solve_budget(config, params: int, axes: tuple[str, ...] = ("hidden", "ffn")) -> dict:
+    """Widths that bring `config` to at most `params` parameters: one keep ratio shared by the
+    chosen axes (the largest that fits), each size rounded down to its alignment (heads to a
+    multiple of the KV heads). Returns {"sizes": {axis: size}, "params": count, "ratio": r}."""
+    unknown = set(axes) - set(BUDGET_AXES)
+    if unknown or not axes:
+        raise ValueError(f"budget axes must come from {', '.join(BUDGET_AXES)}; got {', '.join(axes) or 'none'}")
+    if parameter_count(config) <= params:
+        return {"sizes": {}, "params": parameter_count(config), "ratio": 1.0}
+    full = {axis: getattr(config, _CONFIG_FIELD[axis]) for axis in axes}
+
+    def sizes_at(ratio: float) -> dict[str, int]:
+        sizes = {}
+        kv = config.num_key_value_heads
+        if "kv_heads" in axes:
+            kv = sizes["kv_heads"] = max(1, int(full["kv_heads"] * ratio))
+        if "heads" in axes:
+            group = config.num_attention_heads // config.num_key_value_heads
+            per_group = max(1, min(group, int(full["heads"] * ratio) // kv))
+            sizes["heads"] = per_group * kv
+        elif "kv_heads" in axes:
+            sizes["heads"] = kv * (config.num_attention_heads // config.num_key_value_heads)
+        for axis in ("hidden", "ffn"):
+            if axis in axes:
+                step = alignment(full[axis])
+                sizes[axis] = max(step, int(full[axis] * ratio) // step * step)
+        return sizes
+
+    for k in range(1000, 0, -1):  # ratios 0.999 .. 0.001: the first that fits is the largest
+        sizes = sizes_at(k / 1000)
+        count = parameter_count(shrunk_config(config, sizes))
+        if count <= params:
+            return {"sizes": sizes, "params": count, "ratio": k / 1000}
+    raise ValueError(f"{params:,} parameters cannot be reached by shrinking {', '.join(axes)} alone "
+                     f"(the smallest shapes still have {count:,}); remove layers or add axes")
+
+
 def importance_scores(model: nn.Module, source: str = "activation", importance_file: str | None = None,
-                      variant: str = "weighted", seed: int = 0) -> dict[str, torch.Tensor]:
+                      variant: str = "weighted", seed: int = 0, source_layers: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Scores per layer for FFN neurons [L, ffn] and query heads [L, heads], and for hidden
     channels [hidden] (higher = keep):
     - activation: the capture's Minitron importance (importance.safetensors); channels are
-      aggregated over layers by L2, as their one index set serves every layer;
+      aggregated over layers by L2, as their one index set serves every layer. After depth
+      pruning, `source_layers` names the captured layer each remaining layer came from (the plan's
+      `kept`), so the teacher's capture still scores the student;
     - magnitude: weight norms (neuron: |gate row| * |up row| * |down column|; head: its o_proj
       columns; channel: its embedding column), the data-free baseline;
     - random: seeded uniform scores."""
@@ -235,10 +314,15 @@ def importance_scores(model: nn.Module, source: str = "activation", importance_f
     with safe_open(str(importance_file), "pt") as f:
         captured = json.loads(f.metadata()["layers"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if captured != list(range(n)):
-        raise ValueError(f"width pruning needs importance for every layer 0..{n - 1}; the capture has {captured}")
-    return {"neuron": tensors[f"{variant}.neuron_importance"], "head": tensors[f"{variant}.head_importance"],
-            "channel": tensors[f"{variant}.channel_importance"].double().norm(dim=0).float()}
+    wanted = list(range(n)) if source_layers is None else list(source_layers)
+    if len(wanted) != n:
+        raise ValueError(f"the model has {n} layers but {len(wanted)} captured layers were named for them")
+    missing = [l for l in wanted if l not in captured]
+    if missing:
+        raise ValueError(f"width pruning needs importance for layers {wanted}; the capture lacks {missing}")
+    rows = torch.tensor([captured.index(l) for l in wanted])
+    return {"neuron": tensors[f"{variant}.neuron_importance"][rows], "head": tensors[f"{variant}.head_importance"][rows],
+            "channel": tensors[f"{variant}.channel_importance"][rows].double().norm(dim=0).float()}
 
 
 def prune_width(model: nn.Module, scores: dict[str, torch.Tensor], kv_heads: int | None = None,
@@ -273,10 +357,23 @@ def prune_width(model: nn.Module, scores: dict[str, torch.Tensor], kv_heads: int
 PLAN_FILE = "width_plan.json"
 
 
+def write_plan(out_dir: str | Path, pruned: nn.Module, kept: dict, before: int, **origin) -> dict:
+    """width_plan.json next to a pruned checkpoint: where it came from, its sizes, what was kept."""
+    from data.io import write_atomic
+
+    c = pruned.config
+    plan = {**origin,
+            "sizes": {"kv_heads": c.num_key_value_heads, "heads": c.num_attention_heads,
+                      "ffn": c.intermediate_size, "hidden": c.hidden_size},
+            "parameters": {"before": before, "after": sum(p.numel() for p in pruned.parameters())},
+            "kept": {k: [t.tolist() for t in v] if isinstance(v, list) else v.tolist() for k, v in kept.items()}}
+    write_atomic(Path(out_dir) / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     from compress.analyze import IMPORTANCE_FILE
     from compress.depth import save_pruned
-    from data.io import write_atomic
     from models.load import LoadOptions, ModelLoadError, load_model
 
     parser = argparse.ArgumentParser(prog="python -m compress.width",
@@ -290,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, help="query heads (a multiple of the KV heads kept)")
     parser.add_argument("--ffn", type=int, help="FFN neurons per layer")
     parser.add_argument("--hidden", type=int, help="hidden size")
+    parser.add_argument("--params", help="parameter budget instead of sizes, e.g. 3e9 or 800M")
+    parser.add_argument("--budget-axes", default="hidden,ffn",
+                        help=f"widths the budget shrinks, from {', '.join(BUDGET_AXES)} (default hidden,ffn)")
     parser.add_argument("--seed", type=int, default=0, help="for --source random")
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", default="auto")
@@ -303,20 +403,21 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"no importance file at {path}: run python -m compress.analyze")
         model, tokenizer = load_model(args.model, LoadOptions(dtype=args.dtype, device=args.device))
         before = sum(p.numel() for p in model.parameters())
+        sizes = {"kv_heads": args.kv_heads, "heads": args.heads, "ffn": args.ffn, "hidden": args.hidden}
+        if args.params is not None:
+            if any(v is not None for v in sizes.values()):
+                raise ValueError("give either --params or sizes (--heads/--kv-heads/--ffn/--hidden), not both")
+            axes = tuple(a.strip() for a in args.budget_axes.split(",") if a.strip())
+            sizes.update(solve_budget(model.config, parse_count(args.params), axes)["sizes"])
         scores = importance_scores(model, args.source, str(path) if path else None, args.variant, args.seed)
-        kept = prune_width(model, scores, args.kv_heads, args.heads, args.ffn, args.hidden)
+        kept = prune_width(model, scores, **sizes)
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     after = sum(p.numel() for p in model.parameters())
     out = save_pruned(model, tokenizer, args.out)
-    c = model.config
-    plan = {"model": args.model, "source": args.source, "variant": args.variant, "seed": args.seed,
-            "sizes": {"kv_heads": c.num_key_value_heads, "heads": c.num_attention_heads,
-                      "ffn": c.intermediate_size, "hidden": c.hidden_size},
-            "parameters": {"before": before, "after": after},
-            "kept": {k: [t.tolist() for t in v] if isinstance(v, list) else v.tolist() for k, v in kept.items()}}
-    write_atomic(out / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    plan = write_plan(out, model, kept, before, model=args.model, source=args.source, variant=args.variant,
+                      seed=args.seed)
     print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {out}")
     return 0
 

@@ -92,11 +92,12 @@ class TrainState:
     seconds: float = 0.0
 
 
-def qwen3_config(preset: ProxyPreset, tokenizer):
+def qwen3_config(preset: ProxyPreset, tokenizer=None):
+    """The preset's Qwen3Config; without a tokenizer (planning only) the vocabulary is the preset's."""
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) if tokenizer is not None else preset.vocab_size,
         hidden_size=preset.hidden,
         intermediate_size=preset.intermediate,
         num_hidden_layers=preset.num_layers,
@@ -107,8 +108,8 @@ def qwen3_config(preset: ProxyPreset, tokenizer):
         rope_theta=preset.rope_theta,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id if tokenizer is not None else None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer is not None else None,
     )
 
 
@@ -153,11 +154,16 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def cosine_lr(step: int, lr: float, warmup: int, steps: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `floor * lr` at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 def learning_rate(preset: ProxyPreset, step: int) -> float:
-    if step < preset.warmup:
-        return preset.lr * (step + 1) / preset.warmup
-    progress = (step - preset.warmup) / max(1, preset.steps - preset.warmup)
-    return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cosine_lr(step, preset.lr, preset.warmup, preset.steps)
 
 
 @torch.no_grad()
@@ -216,13 +222,11 @@ def _corpus_sha(corpus_dir: Path) -> str:
     ).hexdigest()
 
 
-def _save_checkpoint(path: Path, model, optimizer, state: TrainState, key: str) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save through a temporary file: a kill mid-write leaves the previous checkpoint intact."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(
-        {"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state)},
-        tmp,
-    )
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
 
 
 def train_proxy(
@@ -240,7 +244,8 @@ def train_proxy(
     """Train (or resume) a proxy teacher into `out_dir`; returns the training report.
 
     `stop_after` ends the run after that many steps with a checkpoint and no final model, as a
-    kill would; `max_minutes` ends training early but still saves and evaluates the model."""
+    kill would; `max_minutes` ends training early but still saves and evaluates the model. A
+    directory holding a finished training of the same preset, seed and corpus is returned as is."""
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -260,6 +265,11 @@ def train_proxy(
         tokenizer.save_pretrained(str(tok_dir))
 
     key = _config_key(preset, seed, _corpus_sha(corpus_dir))
+    finished = out_dir / "training.json"
+    if finished.is_file() and (out_dir / "config.json").is_file():
+        report = json.loads(finished.read_text())
+        if report.get("key") == key:
+            return report  # this exact training already ran to the end: nothing to redo
     train = [encode_row(r, tokenizer, preset.max_length) for r in train_rows]
     val = [encode_row(r, tokenizer, preset.max_length) for r in val_rows][: preset.eval_samples]
     lengths = [len(ids) for ids, _ in train]
@@ -310,7 +320,8 @@ def train_proxy(
         state.seconds = time.monotonic() - started
         out_of_time = deadline is not None and time.monotonic() > deadline
         if state.step % preset.checkpoint_every == 0 or (stop_after and state.step >= stop_after) or out_of_time:
-            _save_checkpoint(ckpt, model, optimizer, state, key)
+            save_checkpoint(ckpt, {"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "state": asdict(state)})
         if stop_after and state.step >= stop_after and state.step < preset.steps:
             bar.close()
             return {"stopped_at": state.step}
@@ -319,6 +330,7 @@ def train_proxy(
     bar.close()
 
     report = {
+        "key": key,
         "preset": asdict(preset),
         "seed": seed,
         "device": device,

@@ -124,6 +124,9 @@ def test_training_is_deterministic_and_a_killed_run_resumes_to_the_same_weights(
     straight = train_proxy(tiny_corpus, tmp_path / "a", preset, **kwargs)
     again = train_proxy(tiny_corpus, tmp_path / "b", preset, **kwargs)
     assert straight["loss_curve"] == again["loss_curve"]
+    written = (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns
+    assert train_proxy(tiny_corpus, tmp_path / "a", preset, **kwargs) == json.loads(json.dumps(straight))  # not redone
+    assert (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns == written
 
     assert train_proxy(tiny_corpus, tmp_path / "c", preset, stop_after=3, **kwargs) == {"stopped_at": 3}
     assert (tmp_path / "c" / "checkpoint.pt").is_file() and not (tmp_path / "c" / "model.safetensors").exists()

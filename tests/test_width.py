@@ -164,3 +164,66 @@ def test_parameter_count_from_the_config_alone_matches_the_weights(loaded, micro
     big = Qwen3Config(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
                       num_attention_heads=64, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
     assert 32.7e9 < parameter_count(big) < 32.9e9
+
+
+def qwen3_32b():
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
+                       num_attention_heads=64, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+
+
+def test_a_parameter_budget_becomes_aligned_sizes_that_fit_it():
+    from compress.width import parameter_count, shrunk_config, solve_budget
+
+    config = shrunk_config(qwen3_32b(), {"layers": 28})
+    plan = solve_budget(config, 3_000_000_000)
+    assert plan["params"] <= 3e9 and plan["params"] == parameter_count(shrunk_config(config, plan["sizes"]))
+    assert plan["sizes"]["hidden"] % 256 == 0 and plan["sizes"]["ffn"] % 256 == 0  # llama.cpp k-quant rows
+    bigger = {k: v + 256 for k, v in plan["sizes"].items()}
+    assert parameter_count(shrunk_config(config, bigger)) > 3e9  # the largest aligned sizes that fit
+    heads = solve_budget(config, 3_000_000_000, ("hidden", "ffn", "heads"))["sizes"]["heads"]
+    assert heads % 8 == 0 and heads < 64
+    with pytest.raises(ValueError, match="cannot be reached"):
+        solve_budget(config, 10_000_000)
+    with pytest.raises(ValueError, match="budget axes"):
+        solve_budget(config, 3_000_000_000, ("depth",))
+
+
+def test_parameter_counts_read_as_people_write_them():
+    from compress.width import parse_count
+
+    assert [parse_count(t) for t in ("3e9", "3B", "3.02B", "800M", "150k", 1200)] == [
+        3_000_000_000, 3_000_000_000, 3_020_000_000, 800_000_000, 150_000, 1200]
+    with pytest.raises(ValueError, match="not a parameter count"):
+        parse_count("lots")
+
+
+def test_the_cli_prunes_to_a_budget_and_refuses_a_budget_with_sizes(micro_teacher, micro_analysis, tmp_path, capsys):
+    import json
+
+    from compress.width import main
+
+    assert main(["--model", str(micro_teacher), "--importance", str(micro_analysis), "--params", "200k",
+                 "--out", str(tmp_path / "b")]) == 0
+    plan = json.loads((tmp_path / "b" / "width_plan.json").read_text())
+    assert plan["parameters"]["after"] <= 200_000 < plan["parameters"]["before"]
+    assert main(["--model", str(micro_teacher), "--params", "200k", "--ffn", "64", "--source", "magnitude",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_a_depth_pruned_student_is_scored_by_the_layers_it_kept(micro_teacher, micro_analysis):
+    from safetensors.torch import load_file
+
+    from compress.depth import delete_layers
+    from compress.width import importance_scores
+
+    model, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    delete_layers(model, [0, 1, 3])
+    scores = importance_scores(model, "activation", str(micro_analysis / "importance.safetensors"),
+                               source_layers=[0, 1, 3])
+    captured = load_file(str(micro_analysis / "importance.safetensors"))["weighted.neuron_importance"]
+    assert torch.equal(scores["neuron"], captured[[0, 1, 3]])
+    with pytest.raises(ValueError, match="3 layers but 2"):
+        importance_scores(model, "activation", str(micro_analysis / "importance.safetensors"), source_layers=[0, 1])

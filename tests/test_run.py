@@ -1,0 +1,128 @@
+"""The one-command pipeline: the micro preset end to end, skips, interruptions, restarts and plans."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compress.run import STAGES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ROOT / "configs" / "micro.toml"
+
+
+def stage_lines(capsys) -> dict[str, str]:
+    out = capsys.readouterr().out
+    return {line.split("] ")[1].split(":")[0]: line.split(": ", 1)[1] for line in out.splitlines()
+            if line.startswith("[") and "] " in line}
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["--config", str(MICRO), "--runs-dir", str(runs)]) == 0
+    return runs
+
+
+def manifest(runs: Path) -> dict:
+    return json.loads((runs / "micro" / "manifest.json").read_text())
+
+
+def test_the_micro_preset_runs_every_stage_and_records_it(micro_run):
+    m = manifest(micro_run)
+    assert list(m["stages"]) == list(STAGES)
+    assert all(m["stages"][s]["status"] == "done" for s in STAGES)
+    assert m["versions"]["torch"] and m["config"]["run"]["id"] == "micro"
+    assert (micro_run / "micro" / "dataset_snapshot.json").is_file() and m["dataset_snapshot"]
+    width = m["stages"]["width"]["summary"]
+    assert width["parameters"] <= 150_000 < m["stages"]["depth"]["summary"]["parameters"]
+    for stage in ("teacher", "depth", "width"):
+        assert "model.safetensors" in m["stages"][stage]["outputs"]
+    assert "heal.json" in " ".join(m["stages"]["heal"]["outputs"])
+    report = (micro_run / "micro" / "report.md").read_text()
+    for heading in ("## Stages", "## Models", "## Healing", "## Evaluation"):
+        assert heading in report
+    assert "| depth+width, healed | 3 | 48 |" in report
+    assert (micro_run / "micro" / "heal_curves.png").stat().st_size > 1000
+    healed = m["stages"]["heal"]["summary"]["student"]
+    assert healed["after"]["kl"] < healed["before"]["kl"]
+
+
+def test_a_second_run_with_nothing_changed_skips_every_stage(micro_run, capsys):
+    capsys.readouterr()
+    assert main(["--config", str(MICRO), "--runs-dir", str(micro_run)]) == 0
+    assert stage_lines(capsys) == {s: "unchanged, skipped" for s in STAGES}
+
+
+def test_a_changed_setting_reruns_its_stage_and_what_follows_only(micro_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_run, runs)
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO.read_text().replace("limit = 8", "limit = 6"))
+    capsys.readouterr()
+    assert main(["--config", str(config), "--runs-dir", str(runs)]) == 0
+    lines = stage_lines(capsys)
+    assert [s for s in STAGES if lines[s] != "unchanged, skipped"] == ["evaluate"]
+    # A damaged output is noticed: its stage and the later ones run again.
+    (runs / "micro" / "width" / "width_plan.json").write_text("{}")
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--until", "width"]) == 0
+    assert stage_lines(capsys)["width"].startswith("done")
+
+
+def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_run, runs)
+    cmd = [sys.executable, "-m", "compress.run", "--config", str(MICRO), "--runs-dir", str(runs)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd + ["--from", "heal"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    path = runs / "micro" / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if json.loads(path.read_text())["stages"]["heal"]["status"] == "running":
+            break
+        time.sleep(0.05)
+    time.sleep(3)  # inside the healing
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun the same command" in err
+    assert manifest(runs)["stages"]["heal"]["status"] == "interrupted"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "[6/8] width: unchanged, skipped" in done.stdout and "[7/8] heal: done" in done.stdout
+    assert all(r["status"] == "done" for r in manifest(runs)["stages"].values())
+
+
+def test_the_qwen3_32b_plan_is_about_three_billion_parameters_without_weights(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--config", str(ROOT / "configs" / "qwen3-32b.toml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("params: "))
+    billions = float(line.split()[1].rstrip("B"))
+    assert 2.8 <= billions <= 3.1
+    assert "teacher           64    5120" in out and "depth             28" in out
+    assert "memory plan" in out and "heal" in out
+
+
+def test_broken_configs_are_refused_with_the_reason(tmp_path, capsys):
+    cases = {
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\nmodel='Qwen/Qwen3-32B'\n[depth]\nkeep=2\n": "exactly one of proxy",
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\nspeed=3\n": "unknown key(s) speed",
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\n": "[depth] section is required",
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\n[heal]\nmethod='magic'\n": "unknown healing method",
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\n[width]\nparams='1M'\nffn=8\n": "either params or sizes",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        assert main(["--config", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert "no config file" in capsys.readouterr().err
