@@ -48,8 +48,19 @@ def _heal_reports(run) -> dict[str, dict]:
     return reports
 
 
-def format_run_report(run) -> str:
+def format_run_report(run, images: Path | None = None, prefix: str = "") -> str:
+    """The report's Markdown. Figures go into the run directory, or into `images` as
+    `{prefix}name.png` (for a copy of the report kept elsewhere, e.g. docs/results)."""
+    import shutil
+
     from compress.run import STAGES
+
+    def figure(path: Path) -> str:
+        if images is None:
+            return path.relative_to(run.dir).as_posix()
+        target = images / f"{prefix}{path.name}"
+        shutil.copyfile(path, target)
+        return target.name
 
     m = run.manifest
     lines = [f"# Pipeline run `{m['run_id']}`", "",
@@ -85,8 +96,7 @@ def format_run_report(run) -> str:
             lines.append(f"| {name} | {r['steps']} | {r['stopped'] or 'ran all steps'} | {b['kl']:.4f} | {a['kl']:.4f} | "
                          f"{b['top1_agreement']:.3f} | {a['top1_agreement']:.3f} | {b['perplexity']:.2f} | "
                          f"{a['perplexity']:.2f} |")
-        plot_heal_curves(heal, run.dir / "heal_curves.png")
-        lines += ["", "![healing](heal_curves.png)"]
+        lines += ["", f"![healing]({figure(plot_heal_curves(heal, run.dir / 'heal_curves.png'))})"]
     metrics_file = run.stage_dir("evaluate") / "metrics.json"
     if metrics_file.is_file() and m["stages"].get("evaluate", {}).get("status") == "done":
         from compress.evaluate import METRIC_LEGEND, metric_table
@@ -95,7 +105,7 @@ def format_run_report(run) -> str:
         lines += ["", "## Evaluation", ""]
         for split in metrics["config"]["splits"]:
             lines += [f"### Split `{split}`", "", *metric_table(metrics, split), "",
-                      f"![{split}](evaluate/metrics_{split}.png)", ""]
+                      f"![{split}]({figure(run.stage_dir('evaluate') / f'metrics_{split}.png')})", ""]
         lines += [METRIC_LEGEND]
     return "\n".join(lines) + "\n"
 
@@ -115,3 +125,41 @@ def write_run_report(run) -> Path:
     path = run.dir / REPORT
     write_atomic(path, format_run_report(run))
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from compress.run import MANIFEST, PipelineError, Run, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m compress.pipeline_report",
+                                     description="Render a finished run's report again, optionally to another place.")
+    parser.add_argument("run_dir", help="runs/<run_id>")
+    parser.add_argument("--out", help="Markdown file to write (figures go next to it, prefixed by its stem)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        run = Run(load_config(manifest["config_file"]), run_dir.parent, touch=False)
+    except (OSError, KeyError, PipelineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.out:
+        print(write_run_report(run))
+        return 0
+    from data.io import write_atomic
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = format_run_report(run, images=out.parent, prefix=f"{out.stem}_")
+    command = f"python -m compress.run --config {manifest['config_file']}"
+    text = text.replace("\n\n## Stages", f"\n\nReproduce: `{command}` then "
+                        f"`python -m compress.pipeline_report runs/{run.config.run.id} --out {out.as_posix()}`.\n\n## Stages", 1)
+    write_atomic(out, text)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -249,12 +249,14 @@ def _versions() -> dict[str, str | None]:
 class Run:
     """A run directory and its manifest, saved after every change."""
 
-    def __init__(self, config: PipelineConfig, root: Path):
+    def __init__(self, config: PipelineConfig, root: Path, touch: bool = True):
         self.config = config
         self.dir = root / config.run.id
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / MANIFEST
         self.manifest = json.loads(path.read_text()) if path.is_file() else {"run_id": config.run.id, "stages": {}}
+        if not touch:  # reading a run (to report on it), not running it
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest.update({"config_file": config.source, "config": json.loads(json.dumps(asdict(config))),
                               "versions": _versions(), "git_commit": _git_commit()})
         self.save()

@@ -126,3 +126,14 @@ def test_broken_configs_are_refused_with_the_reason(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
     assert "no config file" in capsys.readouterr().err
+
+
+def test_a_finished_run_renders_to_a_results_document_with_its_figures(micro_run, tmp_path):
+    from compress.pipeline_report import main as report_main
+
+    out = tmp_path / "docs" / "pipeline.md"
+    assert report_main([str(micro_run / "micro"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Reproduce: `python -m compress.run --config" in text
+    for figure in ("pipeline_heal_curves.png", "pipeline_metrics_test.png", "pipeline_metrics_known.png"):
+        assert f"({figure})" in text and (out.parent / figure).is_file()
