@@ -227,11 +227,15 @@ def _digest(outputs: dict[str, dict]) -> str:
 
 
 def _git_commit() -> str | None:
+    """HEAD, marked "+dirty" when tracked files differ from it (the code that runs is not HEAD's)."""
+    here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=here)
     except (OSError, subprocess.CalledProcessError):
         return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _versions() -> dict[str, str | None]:

@@ -39,6 +39,7 @@ def test_the_micro_preset_runs_every_stage_and_records_it(micro_run):
     assert list(m["stages"]) == list(STAGES)
     assert all(m["stages"][s]["status"] == "done" for s in STAGES)
     assert m["versions"]["torch"] and m["config"]["run"]["id"] == "micro"
+    assert m["git_commit"] is None or len(m["git_commit"].removesuffix("+dirty")) == 40
     assert (micro_run / "micro" / "dataset_snapshot.json").is_file() and m["dataset_snapshot"]
     width = m["stages"]["width"]["summary"]
     assert width["parameters"] <= 150_000 < m["stages"]["depth"]["summary"]["parameters"]
