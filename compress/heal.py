@@ -172,12 +172,6 @@ def _weights_signature(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _corpus_signature(corpus: Path, splits: tuple[str, ...]) -> str:
-    from data.io import sha256_file
-
-    return hashlib.sha256("".join(sha256_file(corpus / f"{s}.jsonl") for s in splits).encode()).hexdigest()[:16]
-
-
 def _validate(student, teacher, sequences, batch_size: int) -> dict:
     from compress.evaluate import forced_metrics
 
@@ -189,6 +183,11 @@ def _validate(student, teacher, sequences, batch_size: int) -> dict:
     if was_training:
         student.train()
     return result
+
+
+def _monitored(validation: dict, teacher) -> float:
+    """What early stopping minimises: KL to the teacher, or log-perplexity when there is none."""
+    return validation["kl"] if teacher is not None else math.log(validation["perplexity"])
 
 
 def _trainable_state(model: nn.Module, projection: nn.Module | None) -> dict:
@@ -239,14 +238,15 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     from compress.calibration import encode_rows, split_rows
     from compress.depth import save_pruned
     from data.io import write_atomic
-    from models.proxy import batch_for_step, collate, cosine_lr, encode_row, save_checkpoint
+    from models.load import input_device
+    from models.proxy import batch_for_step, collate, corpus_sha, cosine_lr, encode_row, save_checkpoint
 
     corpus, out_dir = Path(corpus), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.uses_teacher and teacher is None:
         raise ValueError(f"healing method {config.method!r} with kd_weight {config.kd_weight} needs a teacher")
     key = _config_key(config, _weights_signature(student), _weights_signature(teacher) if teacher is not None else "-",
-                      _corpus_signature(corpus, ("train", "val", "test")))
+                      corpus_sha(corpus, ("train", "val", "test"))[:16])
     done = out_dir / REPORT_FILE
     if done.is_file() and (out_dir / "config.json").is_file():
         report = json.loads(done.read_text())
@@ -314,7 +314,7 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     if state.step == 0 and not state.validations:  # the unhealed student is the first candidate for "best"
         first = _validate(accelerator.unwrap_model(student), teacher, val, config.batch_size)
         state.validations.append({"step": 0, "epoch": 0.0, **first})
-        state.best = first["kl"] if teacher is not None else math.log(first["perplexity"])
+        state.best = _monitored(first, teacher)
         save_checkpoint(out_dir / BEST_FILE, _trainable_state(accelerator.unwrap_model(student), projection))
 
     pad = tokenizer.pad_token_id
@@ -334,7 +334,7 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
             loss = (1 - config.kd_weight) * out.loss if config.method != "finetune" else out.loss
             if config.uses_teacher:
                 with torch.no_grad():
-                    t_in = batch["input_ids"].to(_input_device(teacher))
+                    t_in = batch["input_ids"].to(input_device(teacher))
                     t_out = teacher(input_ids=t_in, attention_mask=batch["attention_mask"].to(t_in.device),
                                     output_hidden_states=bool(pairs))
                 if config.kd_weight > 0:
@@ -360,9 +360,8 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
         if state.step % eval_every == 0 or state.step == total or out_of_time:
             result = _validate(accelerator.unwrap_model(student), teacher, val, config.batch_size)
             state.validations.append({"step": state.step, "epoch": round(state.step / per_epoch, 3), **result})
-            monitored = result["kl"] if teacher is not None else math.log(result["perplexity"])
-            if monitored < state.best:
-                state.best, state.best_step, state.bad_validations = monitored, state.step, 0
+            if _monitored(result, teacher) < state.best:
+                state.best, state.best_step, state.bad_validations = _monitored(result, teacher), state.step, 0
                 save_checkpoint(out_dir / BEST_FILE, _trainable_state(accelerator.unwrap_model(student), projection))
             else:
                 state.bad_validations += 1
@@ -408,15 +407,10 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     return model, report
 
 
-def _input_device(model: nn.Module) -> torch.device:
-    from models.load import input_device
-
-    return input_device(model)
-
-
 @torch.no_grad()
 def _procrustes_fit(student, teacher, train, pairs, pad: int, config: HealConfig, batches: int = 4) -> torch.Tensor:
     """One rotation for all matched layers, fitted on the hidden states of a few training batches."""
+    from models.load import input_device
     from models.proxy import batch_for_step, collate
 
     lengths = [len(ids) for ids, _ in train]
@@ -425,10 +419,8 @@ def _procrustes_fit(student, teacher, train, pairs, pad: int, config: HealConfig
         rows = batch_for_step(lengths, config.batch_size, config.seed + 1, step)
         batch = collate([train[i] for i in rows], pad)
         mask = batch["attention_mask"].bool()
-        s = student(input_ids=batch["input_ids"].to(_input_device(student)), attention_mask=batch["attention_mask"].to(
-            _input_device(student)), output_hidden_states=True).hidden_states
-        t = teacher(input_ids=batch["input_ids"].to(_input_device(teacher)), attention_mask=batch["attention_mask"].to(
-            _input_device(teacher)), output_hidden_states=True).hidden_states
+        s, t = ((m(input_ids=batch["input_ids"].to(input_device(m)), attention_mask=batch["attention_mask"].to(
+            input_device(m)), output_hidden_states=True).hidden_states) for m in (student, teacher))
         for si, ti in pairs:
             s_rows.append(s[si][mask.to(s[si].device)].float().cpu())
             t_rows.append(t[ti][mask.to(t[ti].device)].float().cpu())
@@ -483,12 +475,12 @@ def prune_heal_schedule(student: nn.Module, teacher: nn.Module | None, tokenizer
     finished step is loaded back on rerun, so an interrupted schedule continues where it stopped."""
     from compress.width import prune_width
     from data.io import write_atomic
-    from models.load import LoadOptions, load_model
 
     out_dir = Path(out_dir)
     if "kv_heads" in target:
         raise ValueError("iterative schedules prune query heads, FFN neurons and hidden size; prune KV groups once")
-    channels = torch.arange(student.config.hidden_size)  # teacher channels the student's stand for
+    full_width = student.config.hidden_size
+    channels = torch.arange(full_width)  # teacher channels the student's stand for
     steps = []
     for k, sizes in enumerate(schedule_sizes(student.config, target, fractions)):
         step_dir = out_dir / f"step{k}"
@@ -497,7 +489,7 @@ def prune_heal_schedule(student: nn.Module, teacher: nn.Module | None, tokenizer
         if "hidden" in kept:
             channels = channels[kept["hidden"]]
         healed, report = heal(student, teacher, tokenizer, corpus, config, step_dir, layer_map,
-                              channels if len(channels) < teacher.config.hidden_size else None, progress)
+                              channels if len(channels) < full_width else None, progress)
         student = healed
         steps.append({"step": k, "sizes": sizes, "parameters": sum(p.numel() for p in student.parameters()),
                       "before": report["before"], "after": report["after"], "seconds": report["seconds"],

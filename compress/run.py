@@ -38,7 +38,7 @@ MANIFEST = "manifest.json"
 REPORT = "report.md"
 SNAPSHOT = "dataset_snapshot.json"
 # Files that change while a stage works but are not its result.
-TRANSIENT = ("checkpoint", "checkpoint.pt", "best.pt", ".tmp")
+TRANSIENT = ("checkpoint", "checkpoint.pt", "best.pt")
 PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy")
 
 
@@ -435,22 +435,21 @@ def stage_heal(run: Run) -> dict:
         teacher, _ = load_model(_teacher_path(run), _teacher_options(run))
     kept_layers = _depth_kept(run)
     out = run.stage_dir("heal")
-    summary = {}
+    plan = json.loads((run.stage_dir("width") / PLAN_FILE).read_text())
     if h.schedule:
         student, tokenizer = load_model(str(run.stage_dir("depth")), opts)
-        plan = json.loads((run.stage_dir("width") / PLAN_FILE).read_text())
         target = {k: v for k, v in plan["sizes"].items() if v != _size(student.config, k)}
         _, report = prune_heal_schedule(student, teacher, tokenizer, _width_scores(run, student), target,
                                         list(h.schedule), _corpus(run), cfg, out / "student", kept_layers)
-        summary["student"] = {"schedule": [{k: s[k] for k in ("sizes", "parameters")} for s in report["schedule"]]}
+        schedule = {"schedule": [{k: s[k] for k in ("sizes", "parameters")} for s in report["schedule"]]}
     else:
         import torch
 
         student, tokenizer = load_model(str(run.stage_dir("width")), opts)
-        plan = json.loads((run.stage_dir("width") / PLAN_FILE).read_text())
         channels = torch.tensor(plan["kept"]["hidden"]) if "hidden" in plan["kept"] else None
         _, report = heal(student, teacher, tokenizer, _corpus(run), cfg, out / "student", kept_layers, channels)
-    summary["student"] = {**summary.get("student", {}), "before": report["before"], "after": report["after"]}
+        schedule = {}
+    summary = {"student": {**schedule, "before": report["before"], "after": report["after"]}}
     if h.depth_only:
         student, tokenizer = load_model(str(run.stage_dir("depth")), opts)
         _, report = heal(student, teacher, tokenizer, _corpus(run), cfg, out / "depth-only", kept_layers)

@@ -214,12 +214,11 @@ def _config_key(preset: ProxyPreset, seed: int, corpus_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _corpus_sha(corpus_dir: Path) -> str:
+def corpus_sha(corpus_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> str:
+    """One hash of the named split files of a corpus."""
     from data.io import sha256_file
 
-    return hashlib.sha256(
-        "".join(sha256_file(corpus_dir / f"{s}.jsonl") for s in ("train", "val")).encode()
-    ).hexdigest()
+    return hashlib.sha256("".join(sha256_file(Path(corpus_dir) / f"{s}.jsonl") for s in splits).encode()).hexdigest()
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -264,7 +263,7 @@ def train_proxy(
         tokenizer = train_tokenizer(corpus_texts(corpus_dir), preset.vocab_size)
         tokenizer.save_pretrained(str(tok_dir))
 
-    key = _config_key(preset, seed, _corpus_sha(corpus_dir))
+    key = _config_key(preset, seed, corpus_sha(corpus_dir))
     finished = out_dir / "training.json"
     if finished.is_file() and (out_dir / "config.json").is_file():
         report = json.loads(finished.read_text())
