@@ -79,22 +79,22 @@ def test_a_changed_setting_reruns_its_stage_and_what_follows_only(micro_run, tmp
 def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(micro_run, runs)
+    shutil.rmtree(runs / "micro" / "heal")  # finished healings would be loaded back: make it train again
     cmd = [sys.executable, "-m", "compress.run", "--config", str(MICRO), "--runs-dir", str(runs)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd + ["--from", "heal"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    path = runs / "micro" / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if json.loads(path.read_text())["stages"]["heal"]["status"] == "running":
-            break
-        time.sleep(0.05)
-    time.sleep(3)  # inside the healing
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt inside the healing, once its first checkpoint (step 12 of the first schedule step) is saved.
+    checkpoint = runs / "micro" / "heal" / "student" / "step0" / "checkpoint" / "heal_state.json"
+    deadline = time.monotonic() + 240
+    while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert checkpoint.is_file() and proc.poll() is None
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "rerun the same command" in err
     assert manifest(runs)["stages"]["heal"]["status"] == "interrupted"
+    assert not (runs / "micro" / "heal" / "student" / "heal.json").exists()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "[6/8] width: unchanged, skipped" in done.stdout and "[7/8] heal: done" in done.stdout
