@@ -10,6 +10,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 # torch is pinned first so pip never swaps in a different (CUDA) build through a dependency.
 TORCH  ?= torch==2.13.0
+# llama-cpp-python builds llama.cpp here (15-20 minutes on 2 cores, once: pip caches the wheel).
+# A portable build without the multimodal tools, as the export issue asks.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 OUT    ?= out
 
 .PHONY: demo test install install-dev clean

@@ -79,3 +79,21 @@ def render_prompt(messages: list[dict[str, str]], tokenizer=None) -> str:
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
     return render_chatml(messages)
+
+
+def render_template(template: str | None, messages: list[dict[str, str]]) -> str:
+    """A chat template carried by an exported model (GGUF metadata, the ONNX folder's
+    chat_template.jinja) rendered as transformers renders it, for runtimes without transformers.
+    No template: our ChatML."""
+    if not template:
+        return render_chatml(messages)
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=True, enable_thinking=False, tools=None
+    )

@@ -43,3 +43,33 @@ def micro_analysis(micro_teacher, tiny_corpus, tmp_path_factory) -> Path:
                               max_new_tokens=24), progress=False)
     analyze(out, plots=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_gguf(micro_teacher, tmp_path_factory):
+    """The micro teacher as GGUF in the exact and the half-precision types: quant -> path."""
+    from export.gguf import export_gguf
+
+    out = tmp_path_factory.mktemp("gguf")
+    return {q: Path(export_gguf(micro_teacher, out / f"micro-{q}.gguf", q, progress=False).out) for q in ("f32", "f16")}
+
+
+@pytest.fixture(scope="session")
+def micro_onnx(micro_teacher, tmp_path_factory) -> Path:
+    """The micro teacher built for onnxruntime-genai in fp32."""
+    from export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "micro-fp32"
+    export_onnx(micro_teacher, out, "fp32")
+    return out
+
+
+def tour_queries():
+    """A few visitor questions over the fixture places, styles and interests."""
+    from models.prompt import TourQuery
+
+    return [
+        TourQuery("4RRH46V8+84", "46V8+84", "Sydney", ("architecture",), "brief"),
+        TourQuery("4RRH46V8+84", "46V8+84", "Sydney", ("history", "food"), "detailed"),
+        TourQuery("4RRH45FP+X2", "45FP+X2", "Sydney", ("nature",), "stimulate"),
+    ]

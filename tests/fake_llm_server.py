@@ -208,6 +208,11 @@ class FakeLLMServer:
         if path == ANTHROPIC_PATH:
             stop = behaviour.stop_reason or "end_turn"
             payload = _anthropic_message(number, model, text, input_tokens, output_tokens, stop)
+        elif request.get("stream"):
+            stop = behaviour.stop_reason or "stop"
+            usage = bool((request.get("stream_options") or {}).get("include_usage"))
+            events = _openai_stream(number, model, text, input_tokens, output_tokens, stop, usage)
+            return 200, {"content-type": "text/event-stream", "request-id": f"req_{number:06d}"}, events
         else:
             stop = behaviour.stop_reason or "stop"
             payload = _openai_completion(number, model, text, input_tokens, output_tokens, stop)
@@ -331,3 +336,21 @@ def _openai_completion(
         },
         "system_fingerprint": None,
     }
+
+
+def _openai_stream(
+    number: int, model: str, text: str, input_tokens: int, output_tokens: int, finish_reason: str, usage: bool
+) -> bytes:
+    """A streamed chat completion as server-sent events: the role, one delta per word (with its
+    leading space, as token pieces come), the finish reason, the usage if asked for, [DONE]."""
+    base = {"id": f"chatcmpl-fake{number:012d}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": None}
+    pieces = [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
+    if usage:
+        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                                                        "total_tokens": input_tokens + output_tokens}})
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()

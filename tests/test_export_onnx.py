@@ -1,0 +1,65 @@
+"""ONNX export: onnxruntime-genai answers exactly as torch does in fp32, and the quantized
+precisions build and answer."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("onnxruntime_genai")
+
+from conftest import tour_queries  # noqa: E402
+from export.onnx import OnnxExportError, export_onnx  # noqa: E402
+from models.backends import GenerationOptions, open_backend  # noqa: E402
+from models.generate import generate_batch  # noqa: E402
+from models.load import load_model  # noqa: E402
+from models.prompt import build_messages  # noqa: E402
+
+
+def test_fp32_greedy_equals_torch(micro_teacher, micro_onnx):
+    model, tok = load_model(str(micro_teacher))
+    with open_backend("onnx", str(micro_onnx)) as backend:
+        for query in tour_queries():
+            expected = generate_batch(model, tok, [build_messages(query)], max_new_tokens=48)[0].text
+            got = backend.complete(query, GenerationOptions(max_tokens=48))
+            assert got.text == expected
+            assert got.stats.prompt_tokens == len(tok(backend_prompt(tok, query), add_special_tokens=False)["input_ids"])
+
+
+def backend_prompt(tok, query):
+    from models.prompt import render_prompt
+
+    return render_prompt(build_messages(query), tok)
+
+
+def test_folder_has_what_onnxruntime_genai_needs(micro_onnx, micro_teacher):
+    config = json.loads((micro_onnx / "genai_config.json").read_text())["model"]
+    teacher = json.loads((micro_teacher / "config.json").read_text())
+    assert config["type"] == "qwen3"
+    assert config["decoder"]["head_size"] == teacher["head_dim"]
+    assert config["decoder"]["num_key_value_heads"] == teacher["num_key_value_heads"]
+    assert config["eos_token_id"] == teacher["eos_token_id"]
+    for name in ("model.onnx", "tokenizer.json", "chat_template.jinja", "build.log", "export.json"):
+        assert (micro_onnx / name).is_file(), name
+    assert not micro_onnx.with_name(micro_onnx.name + ".partial").exists()
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_precisions_build_smaller_and_answer(micro_teacher, micro_onnx, tmp_path, precision):
+    report = export_onnx(micro_teacher, tmp_path / precision, precision)
+    fp32 = sum(p.stat().st_size for p in micro_onnx.glob("model.onnx*"))
+    assert report.weight_bytes < fp32
+    with open_backend(None, report.out) as backend:
+        done = backend.complete(tour_queries()[0], GenerationOptions(max_tokens=16))
+    assert done.stats.completion_tokens > 0 and done.stats.finish_reason in ("stop", "length")
+
+
+def test_errors_are_named(micro_teacher, tmp_path):
+    with pytest.raises(OnnxExportError, match="unknown precision"):
+        export_onnx(micro_teacher, tmp_path / "x", "fp8")
+    with pytest.raises(OnnxExportError, match="no config.json"):
+        export_onnx(tmp_path, tmp_path / "x", "fp32")
+    done = subprocess.run([sys.executable, "-m", "export.onnx", "--model", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert done.returncode == 2 and "no config.json" in done.stderr
