@@ -107,6 +107,17 @@ def format_run_report(run, images: Path | None = None, prefix: str = "") -> str:
             lines += [f"### Split `{split}`", "", *metric_table(metrics, split), "",
                       f"![{split}]({figure(run.stage_dir('evaluate') / f'metrics_{split}.png')})", ""]
         lines += [METRIC_LEGEND]
+    exported = m["stages"].get("export", {})
+    if exported.get("status") == "done":
+        lines += ["", "## Exports", "", "The healed student for offline runtimes; *answer* is one greedy answer to the "
+                  "first test prompt through that runtime, compared with torch's.", "",
+                  "| export | file | MiB | answer |", "|---|---|---:|---|"]
+        for name, e in exported["summary"].items():
+            answer = e.get("answer") or {}
+            said = ("same as torch" if answer.get("same_as_torch") else "differs from torch") if answer.get("ran") \
+                else (f"not run: {answer['why']}" if answer else "not checked")
+            lines.append(f"| {name} | `{e['file']}` | {e['bytes'] / 2**20:.2f} | {said} |")
+            lines += [f"| | | | {note} |" for note in e.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,7 @@
     python -m compress.run --config configs/demo.toml --from heal  # redo heal and what follows
     python -m compress.run --config configs/qwen3-32b.toml --dry-run
 
-Stages: data -> teacher -> capture -> analyze -> depth -> width -> heal -> evaluate, each writing
+Stages: data -> teacher -> capture -> analyze -> depth -> width -> heal -> evaluate -> export, each writing
 into runs/<run_id>/<stage>/. runs/<run_id>/manifest.json records the config, package versions, git
 commit, dataset snapshot hashes and, per stage, its status, timings, a fingerprint of its config
 and inputs, and the checksums of its outputs. A stage whose fingerprint is unchanged and whose
@@ -33,7 +33,9 @@ from pathlib import Path
 
 from compress.heal import HealConfig
 
-STAGES = ("data", "teacher", "capture", "analyze", "depth", "width", "heal", "evaluate")
+STAGES = ("data", "teacher", "capture", "analyze", "depth", "width", "heal", "evaluate", "export")
+# Earlier stages whose outputs a stage does not read: a new evaluation leaves the exports current.
+NOT_AN_INPUT = {"export": ("evaluate",)}
 MANIFEST = "manifest.json"
 REPORT = "report.md"
 SNAPSHOT = "dataset_snapshot.json"
@@ -124,6 +126,15 @@ class EvaluateSection:
 
 
 @dataclass(frozen=True)
+class ExportSection:
+    """Files for offline inference made from the healed student (export.gguf / export.onnx)."""
+
+    gguf: tuple[str, ...] = ("q8_0",)  # f32 f16 bf16 q8_0 (numpy); q4_k_m q5_k_m q6_k (llama.cpp)
+    onnx: tuple[str, ...] = ()  # fp32 int8 int4 (onnxruntime-genai)
+    check: bool = True  # answer one query with each export whose runtime is installed
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     run: RunSection
     data: DataSection
@@ -133,13 +144,15 @@ class PipelineConfig:
     width: WidthSection
     heal: HealSection
     evaluate: EvaluateSection
+    export: ExportSection = ExportSection()
     source: str = ""  # the TOML file it came from
 
     def section(self, stage: str) -> dict:
         """What a stage's result depends on, besides its inputs."""
         run = {"seed": self.run.seed, "dtype": self.run.dtype}
         own = {"data": self.data, "teacher": self.teacher, "capture": self.capture, "analyze": None,
-               "depth": self.depth, "width": self.width, "heal": self.heal, "evaluate": self.evaluate}[stage]
+               "depth": self.depth, "width": self.width, "heal": self.heal, "evaluate": self.evaluate,
+               "export": self.export}[stage]
         body = asdict(own) if own is not None else {}
         if stage == "teacher":
             body.pop("architecture")
@@ -187,6 +200,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         width=_build(WidthSection, raw.get("width", {}), "width"),
         heal=_build(HealSection, {**heal_own, "config": _build(HealConfig, heal, "heal")}, "heal"),
         evaluate=_build(EvaluateSection, raw.get("evaluate", {}), "evaluate"),
+        export=_build(ExportSection, raw.get("export", {}), "export"),
         source=str(path),
     )
     if (config.teacher.proxy is None) == (config.teacher.model is None):
@@ -277,7 +291,7 @@ class Run:
         return self.manifest["stages"].get(stage, {})
 
     def fingerprint(self, stage: str) -> str:
-        upstream = STAGES[:STAGES.index(stage)]
+        upstream = [s for s in STAGES[:STAGES.index(stage)] if s not in NOT_AN_INPUT.get(stage, ())]
         inputs = {s: self.record(s).get("digest") for s in upstream}
         blob = json.dumps({"stage": stage, "config": self.config.section(stage), "inputs": inputs},
                           sort_keys=True, default=str)
@@ -486,8 +500,55 @@ def stage_evaluate(run: Run) -> dict:
                    for split in e.splits} for name, m in metrics["models"].items()}
 
 
+def stage_export(run: Run) -> dict:
+    from export.gguf import QUANTS, export_gguf
+    from export.onnx import PRECISIONS, export_onnx
+
+    x = run.config.export
+    for quant in x.gguf:
+        if quant not in QUANTS:
+            raise PipelineError(f"[export] gguf: unknown quant {quant!r}; choose from {', '.join(QUANTS)}")
+    for precision in x.onnx:
+        if precision not in PRECISIONS:
+            raise PipelineError(f"[export] onnx: unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    student = run.stage_dir("heal") / "student"
+    out = run.stage_dir("export")
+    summary: dict = {}
+    for quant in x.gguf:
+        report = export_gguf(student, out / f"student-{quant}.gguf", quant)
+        summary[f"gguf {quant}"] = {"file": Path(report.out).name, "bytes": report.bytes, "types": report.tensor_types,
+                                    "notes": report.notes}
+    for precision in x.onnx:
+        report = export_onnx(student, out / f"student-onnx-{precision}", precision)
+        summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
+    if x.check:
+        for entry in summary.values():
+            entry["answer"] = _first_answer(run, out / entry["file"])
+    return summary
+
+
+def _first_answer(run: Run, artifact: Path) -> dict:
+    """One greedy answer from an export, next to the checkpoint's own: proof that the file runs
+    (or why it was not run here)."""
+    from data.build import read_split
+    from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
+
+    row = next(iter(read_split(_corpus(run), "test")))
+    options = GenerationOptions(max_tokens=64)
+    try:
+        with open_backend(detect_kind(str(artifact)), str(artifact)) as backend:
+            done = backend.complete(row["messages"], options)
+    except BackendError as exc:
+        return {"ran": False, "why": str(exc)}
+    with open_backend("torch", str(run.stage_dir("heal") / "student")) as reference:
+        expected = reference.complete(row["messages"], options).text
+    return {"ran": True, "text": done.text, "same_as_torch": done.text == expected,
+            "tokens_per_s": done.stats.tokens_per_s}
+
+
 STAGE_FUNCTIONS = {"data": stage_data, "teacher": stage_teacher, "capture": stage_capture, "analyze": stage_analyze,
-                   "depth": stage_depth, "width": stage_width, "heal": stage_heal, "evaluate": stage_evaluate}
+                   "depth": stage_depth, "width": stage_width, "heal": stage_heal, "evaluate": stage_evaluate,
+                   "export": stage_export}
 
 
 # ---------------------------------------------------------------- driver

@@ -47,12 +47,17 @@ def test_the_micro_preset_runs_every_stage_and_records_it(micro_run):
         assert "model.safetensors" in m["stages"][stage]["outputs"]
     assert "heal.json" in " ".join(m["stages"]["heal"]["outputs"])
     report = (micro_run / "micro" / "report.md").read_text()
-    for heading in ("## Stages", "## Models", "## Healing", "## Evaluation"):
+    for heading in ("## Stages", "## Models", "## Healing", "## Evaluation", "## Exports"):
         assert heading in report
     assert "| depth+width, healed | 3 | 48 |" in report
     assert (micro_run / "micro" / "heal_curves.png").stat().st_size > 1000
     healed = m["stages"]["heal"]["summary"]["student"]
     assert healed["after"]["kl"] < healed["before"]["kl"]
+    exported = m["stages"]["export"]["summary"]
+    assert set(exported) == {"gguf q8_0", "gguf f16", "onnx int4"}
+    for name in ("gguf f16", "onnx int4"):  # each runtime answers, and like torch (greedy)
+        assert exported[name]["answer"]["ran"] and exported[name]["answer"]["same_as_torch"], name
+    assert (micro_run / "micro" / "export" / "student-q8_0.gguf").is_file()
 
 
 def test_a_second_run_with_nothing_changed_skips_every_stage(micro_run, capsys):
@@ -97,7 +102,7 @@ def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path)
     assert not (runs / "micro" / "heal" / "student" / "heal.json").exists()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "[6/8] width: unchanged, skipped" in done.stdout and "[7/8] heal: done" in done.stdout
+    assert "[6/9] width: unchanged, skipped" in done.stdout and "[7/9] heal: done" in done.stdout
     assert all(r["status"] == "done" for r in manifest(runs)["stages"].values())
 
 

@@ -27,11 +27,17 @@ class LlamaCppBackend(Backend):
         except ImportError as exc:
             raise BackendError("the llamacpp backend needs llama-cpp-python: pip install 'offline-tour-guide[gguf]'") from exc
         self._llama_cpp = llama_cpp
+        # llama.cpp's threads meet at spinning OpenMP barriers each layer: one thread per physical core
+        # (half the logical CPUs, as llama.cpp's own tools assume), since a thread sharing a core
+        # with other work stalls all the others. Measured here (2 vCPUs, another process busy):
+        # 2 threads fell from ~3,700 to between 3 and 820 tok/s on the demo student, 1 thread kept ~3,700.
+        threads = threads or max(1, (os.cpu_count() or 2) // 2)
         # A context longer than the model was trained for only wastes KV memory (and llama.cpp warns).
         self.n_ctx = min(n_ctx, _trained_context(model) or n_ctx)
+        self.threads = threads
         try:
             self.llm = llama_cpp.Llama(
-                model_path=model, n_ctx=self.n_ctx, n_threads=threads or os.cpu_count(), n_gpu_layers=gpu_layers,
+                model_path=model, n_ctx=self.n_ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -41,7 +47,7 @@ class LlamaCppBackend(Backend):
         self._lock = threading.Lock()
 
     def describe(self) -> dict:
-        return {**super().describe(), "quant": self.llm.metadata.get("general.file_type"), "n_ctx": self.n_ctx}
+        return {**super().describe(), "n_ctx": self.n_ctx, "threads": self.threads}
 
     def _is_end(self, token: int) -> bool:
         # End-of-generation per the vocabulary: <|im_end|>, <|endoftext|> and friends.
