@@ -33,6 +33,7 @@ from compress.evaluate import COLUMNS, HIGHER_IS_BETTER, EvalConfig, Evaluation,
 from data.io import write_atomic
 from data.poi import SYDNEY
 from models.load import decoder_layers
+from bench import reproduce_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = (0.25, 0.375, 0.5)
@@ -295,24 +296,6 @@ def plot(report: dict, out: Path) -> list[Path]:
     return paths
 
 
-def reproduce_command(argv: list[str], out: Path) -> str:
-    """The command line as given, with --out pointing where the report belongs in the repo."""
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--out":
-            skip = True
-            continue
-        if not arg.startswith("--out="):
-            args.append(arg)
-    default = ROOT / "docs" / "results" / "depth.md"
-    if out.name != default.name:
-        args += ["--out", f"docs/results/{out.name}"]
-    return " ".join(["python -m bench.depth", *args])
-
-
 def teacher_training(teacher: str) -> str | None:
     """How the proxy teacher was trained, from its training.json (None for other models)."""
     path = Path(teacher) / "training.json"
@@ -389,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if lat:
             latency.setdefault(str(m["layers"]), []).append((lat["latency_s"], lat["tokens_per_s"]))
     report = {
-        "command": reproduce_command(argv if argv is not None else sys.argv[1:], out),
+        "command": reproduce_command("bench.depth", argv if argv is not None else sys.argv[1:], out, "depth.md"),
         "teacher_training": teacher_training(args.teacher),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"
         + (f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""),

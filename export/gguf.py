@@ -285,7 +285,17 @@ def llama_quantize(source: Path, out: Path, quant: str, threads: int | None = No
     params.ftype = _file_type(quant)
     params.nthread = threads or os.cpu_count() or 1
     partial = out.with_name(out.name + ".partial")
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+    # llama.cpp logs a line per tensor; what each tensor became is read back from the file and
+    # reported by export_gguf instead.
+    import logging
+
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+    finally:
+        log.setLevel(level)
     if status != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise GGUFExportError(f"llama.cpp could not quantize {source} to {quant} (status {status})")

@@ -68,10 +68,6 @@ def reference(micro_teacher):
 @pytest.fixture(params=["torch", "llamacpp", "onnx"])
 def local_backend(request, micro_teacher, micro_gguf, micro_onnx):
     model = {"torch": micro_teacher, "llamacpp": micro_gguf["f32"], "onnx": micro_onnx}[request.param]
-    if request.param == "llamacpp":
-        pytest.importorskip("llama_cpp")
-    if request.param == "onnx":
-        pytest.importorskip("onnxruntime_genai")
     with open_backend(request.param, str(model)) as backend:
         yield backend
 
@@ -129,7 +125,6 @@ def test_concurrent_requests_are_serialized_not_mixed(local_backend, reference):
 
 
 def test_openai_backend_streams_from_a_server():
-    pytest.importorskip("openai")
     with FakeLLMServer() as server:
         server.script(Behaviour.ok("Right here stands the Opera House. END of tour", output_tokens=9))
         with open_backend("openai", "qwen3-32b", base_url=server.openai_url) as backend:
@@ -146,7 +141,6 @@ def test_openai_backend_streams_from_a_server():
 
 
 def test_openai_usage_is_taken_from_the_server():
-    pytest.importorskip("openai")
     with FakeLLMServer() as server:
         server.script(Behaviour.ok("One two three four.", input_tokens=91, output_tokens=7))
         with open_backend("openai", "student", base_url=server.openai_url) as backend:
@@ -156,7 +150,6 @@ def test_openai_usage_is_taken_from_the_server():
 
 
 def test_openai_errors_become_backend_errors():
-    pytest.importorskip("openai")
     with FakeLLMServer() as server:
         server.script(Behaviour.status(500), Behaviour.status(500))
         with open_backend("openai", "student", base_url=server.openai_url) as backend:

@@ -4,17 +4,16 @@ import json
 import subprocess
 import sys
 
+import gguf
+import llama_cpp  # a hard requirement of the test extras: these parity tests must run, not skip
 import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
-llama_cpp = pytest.importorskip("llama_cpp")
-
-from conftest import tour_queries  # noqa: E402
-from export.gguf import GGUFExportError, export_gguf, tensor_types  # noqa: E402
-from models.load import load_model  # noqa: E402
-from models.prompt import build_messages, render_prompt  # noqa: E402
+from conftest import tour_queries
+from export.gguf import GGUFExportError, export_gguf, tensor_types
+from models.load import load_model
+from models.prompt import build_messages, render_prompt
 
 
 def _field(reader, key):

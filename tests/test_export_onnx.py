@@ -7,14 +7,12 @@ import sys
 
 import pytest
 
-pytest.importorskip("onnxruntime_genai")
-
-from conftest import tour_queries  # noqa: E402
-from export.onnx import OnnxExportError, export_onnx  # noqa: E402
-from models.backends import GenerationOptions, open_backend  # noqa: E402
-from models.generate import generate_batch  # noqa: E402
-from models.load import load_model  # noqa: E402
-from models.prompt import build_messages  # noqa: E402
+from conftest import tour_queries
+from export.onnx import OnnxExportError, export_onnx
+from models.backends import GenerationOptions, open_backend
+from models.generate import generate_batch
+from models.load import load_model
+from models.prompt import build_messages, render_prompt
 
 
 def test_fp32_greedy_equals_torch(micro_teacher, micro_onnx):
@@ -24,13 +22,8 @@ def test_fp32_greedy_equals_torch(micro_teacher, micro_onnx):
             expected = generate_batch(model, tok, [build_messages(query)], max_new_tokens=48)[0].text
             got = backend.complete(query, GenerationOptions(max_tokens=48))
             assert got.text == expected
-            assert got.stats.prompt_tokens == len(tok(backend_prompt(tok, query), add_special_tokens=False)["input_ids"])
-
-
-def backend_prompt(tok, query):
-    from models.prompt import render_prompt
-
-    return render_prompt(build_messages(query), tok)
+            prompt = render_prompt(build_messages(query), tok)
+            assert got.stats.prompt_tokens == len(tok(prompt, add_special_tokens=False)["input_ids"])
 
 
 def test_folder_has_what_onnxruntime_genai_needs(micro_onnx, micro_teacher):

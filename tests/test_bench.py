@@ -1,4 +1,6 @@
-"""The depth experiment's own arithmetic: which depths it prunes to and how it draws its verdict."""
+"""Benchmark scripts: the depth experiment's arithmetic and verdict, and the inference bench end to end on a micro model."""
+
+import json
 
 from bench.depth import removal_counts, verdict
 from compress.depth import BASELINES
@@ -52,3 +54,20 @@ def test_the_experiment_runs_end_to_end_on_the_micro_teacher(micro_teacher, tiny
     # Re-rendering from the JSON gives the same document.
     assert main(["--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again.md")]) == 0
     assert (tmp_path / "again.md").read_text() == text.replace("depth_", "again_").replace("depth.json", "again.json")
+
+
+def test_inference_bench_writes_its_table(micro_teacher, tiny_corpus, tmp_path):
+    """bench.inference on the micro teacher: every requested backend measured in its own process."""
+    from bench.inference import main as bench_inference
+
+    out = tmp_path / "inference.md"
+    assert bench_inference(["--model", f"micro={micro_teacher}", "--corpus", str(tiny_corpus), "--repeats", "1",
+                            "--max-tokens", "16", "--only", "torch,llamacpp", "--out", str(out),
+                            "--work", str(tmp_path / "work")]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["backend"], r["quant"]) for r in report["results"]] == [
+        ("torch", "fp32"), ("llamacpp", "f16"), ("llamacpp", "q8_0"), ("llamacpp", "q4_k_m")]
+    for r in report["results"]:
+        assert r["decode_tok_s"] > 0 and r["peak_rss"] > r["baseline_rss"] > 0 and r["weight_bytes"] > 0
+    text = out.read_text()
+    assert "## micro" in text and "## Reading" in text and out.with_suffix(".png").stat().st_size > 1000
