@@ -162,3 +162,34 @@ def test_cli(micro_teacher, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "export.gguf", "--model", str(tmp_path / "nope"), "--out", str(out)],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no config.json" in missing.stderr
+
+
+def test_untied_head_and_padded_vocabulary_like_real_qwen3(micro_teacher, tmp_path):
+    """Qwen3-32B keeps a separate lm_head and pads its 151,669 tokens to 151,936 embedding rows:
+    the GGUF gets output.weight and unused padding entries, and still computes torch's logits."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(micro_teacher))
+    config = Qwen3Config(vocab_size=len(tok) + 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
+    torch.manual_seed(1)
+    model = Qwen3ForCausalLM(config).eval()
+    source = tmp_path / "untied"
+    model.save_pretrained(source)
+    tok.save_pretrained(source)
+    report = export_gguf(source, tmp_path / "untied.gguf", "f32", progress=False)
+    reader = gguf.GGUFReader(report.out)
+    assert "output.weight" in {t.name for t in reader.tensors}
+    assert _field(reader, "qwen3.rope.freq_base") == pytest.approx(1_000_000.0)
+    types = reader.fields["tokenizer.ggml.token_type"]
+    kinds = [int(types.parts[i][0]) for i in types.data]
+    assert len(kinds) == len(tok) + 64 and set(kinds[len(tok):]) == {int(gguf.TokenType.UNUSED)}
+    ids = tok("Hyde Park, Sydney: 1810", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    llm = _llama(report.out, logits_all=True)
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-3
