@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch: cpu, cuda, auto")
     parser.add_argument("--base-url", default=None, help="openai: the server, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--extra-body", default=None, metavar="JSON",
+                        help='openai: server-specific fields, e.g. \'{"repeat_penalty": 1.0}\' for llama.cpp\'s server')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     return parser
 
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         options["device"] = args.device
     if args.base_url:
         options["base_url"] = args.base_url
+    if args.extra_body:
+        try:
+            options["extra_body"] = json.loads(args.extra_body)
+        except ValueError as exc:
+            print(f"error: --extra-body is not JSON: {exc}", file=sys.stderr)
+            return 2
     try:
         place = parse(args.where)
         query = TourQuery(place.plus_code, place.short_code, place.locality,

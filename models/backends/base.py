@@ -52,7 +52,7 @@ class GenerationOptions:
 
 @dataclass
 class GenerationStats:
-    prompt_tokens: int = 0
+    prompt_tokens: int | None = None  # None: a server that does not report usage while streaming
     completion_tokens: int = 0
     time_to_first_token_s: float | None = None
     total_s: float = 0.0
@@ -86,7 +86,7 @@ class Pieces:
     """What a backend's `_generate` fills in while it yields: the prompt's length, and whether
     the model ended its turn (rather than running into max_tokens)."""
 
-    prompt_tokens: int = 0
+    prompt_tokens: int | None = None
     ended: bool = False
     completion_tokens: int | None = None  # when pieces are not one per token (a server's deltas)
 

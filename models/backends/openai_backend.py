@@ -15,7 +15,7 @@ class OpenAIBackend(Backend):
     kind = "openai"
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 disable_thinking: bool | None = None):
+                 disable_thinking: bool | None = None, extra_body: dict | None = None):
         super().__init__(model)
         try:
             import openai
@@ -23,6 +23,10 @@ class OpenAIBackend(Backend):
             raise BackendError("the openai backend needs the openai package: pip install 'offline-tour-guide[generate]'") from exc
         self._openai = openai
         self.base_url = base_url
+        # Server-specific sampling fields the OpenAI API lacks. Servers differ in their defaults:
+        # llama.cpp's applies repeat_penalty 1.1 unless told {"repeat_penalty": 1.0}, which makes
+        # its "greedy" answers differ from every local backend's.
+        self.extra_body = dict(extra_body or {})
         # Qwen3 thinks before answering unless its template is told not to (vLLM passes these on).
         self.disable_thinking = "qwen3" in model.lower() if disable_thinking is None else disable_thinking
         self._client = openai.OpenAI(api_key=api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY,
@@ -32,12 +36,14 @@ class OpenAIBackend(Backend):
         return {**super().describe(), "base_url": self.base_url}
 
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
-        extra = {"chat_template_kwargs": {"enable_thinking": False}} if self.disable_thinking else None
+        extra = dict(self.extra_body)
+        if self.disable_thinking:
+            extra["chat_template_kwargs"] = {"enable_thinking": False}
         try:
             stream = self._client.chat.completions.create(
                 model=self.model, messages=messages, stream=True, stream_options={"include_usage": True},
                 temperature=options.temperature, top_p=options.top_p, max_tokens=options.max_tokens,
-                stop=list(options.stop) or None, seed=options.seed, extra_body=extra,
+                stop=list(options.stop) or None, seed=options.seed, extra_body=extra or None,
             )
         except self._openai.OpenAIError as exc:
             raise BackendError(f"{self.base_url} refused the request: {exc}") from exc
