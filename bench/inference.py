@@ -221,7 +221,9 @@ def render(report: dict) -> str:
         "tokens after the first per second; *brief* = a whole `brief` answer end to end (target < "
         f"{BRIEF_TARGET_S:.0f} s); *RSS* = peak resident memory of the process during requests (its baseline "
         "before the runtime was imported and the model loaded in brackets); *bound* = copy bandwidth / weight "
-        "bytes, the decode rate if every token had to stream the weights from DRAM; *ratio* = decode / bound.",
+        "bytes, the decode rate if every token had to stream the weights from DRAM; *ratio* = decode / bound; "
+        "*TTFT ratio* = the time one read of the weights takes at that bandwidth / the measured TTFT (the prompt "
+        "pass reads every weight at least once).",
         "",
         *reading(report),
         "",
@@ -230,8 +232,8 @@ def render(report: dict) -> str:
         rows = [r for r in report["results"] if r["model"] == model]
         lines += [f"## {model}", "", f"Checkpoint `{rows[0]['source']}`.", "",
                   "| backend | quant | file MiB | load s | TTFT ms | decode tok/s | brief ms (max) | brief < 2 s | "
-                  "RSS MiB (baseline) | bound tok/s | ratio |",
-                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+                  "RSS MiB (baseline) | bound tok/s | ratio | TTFT ratio |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for r in rows:
             bound = bw / r["weight_bytes"]
             lines.append(
@@ -239,7 +241,7 @@ def render(report: dict) -> str:
                 f"{r['ttft_s'] * 1000:.1f} | {r['decode_tok_s']:.0f} | {r['brief_s'] * 1000:.0f} "
                 f"({r['brief_max_s'] * 1000:.0f}) | {'yes' if r['brief_max_s'] < BRIEF_TARGET_S else 'NO'} | "
                 f"{r['peak_rss'] / 2**20:.0f} ({r['baseline_rss'] / 2**20:.0f}) | {bound:.0f} | "
-                f"{r['decode_tok_s'] / bound:.2f} |")
+                f"{r['decode_tok_s'] / bound:.2f} | {r['weight_bytes'] / bw / r['ttft_s']:.3f} |")
         lines.append("")
     lines += ["![decode rate and brief answer time](inference.png)", ""]
     return "\n".join(lines)
