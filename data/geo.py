@@ -171,6 +171,14 @@ def check_coordinates(lat: float, lon: float) -> tuple[float, float]:
     return lat, lon
 
 
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Metres between two points; equirectangular, which is plenty at city scale."""
+    mean_lat = math.radians((lat1 + lat2) / 2)
+    dx = math.radians(lon2 - lon1) * math.cos(mean_lat)
+    dy = math.radians(lat2 - lat1)
+    return 6_371_000 * math.hypot(dx, dy)
+
+
 def plus_code_for(lat: float, lon: float, digits: int = 10) -> str:
     """Full Plus Code of the cell containing the point; 10 digits (~14 m) or 11 (~3 m)."""
     if digits not in (10, 11):

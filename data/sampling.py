@@ -8,13 +8,12 @@ in training, and by a hash of the code, so adding POIs later does not reshuffle 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
 
 from data.generate.base import GenerationRequest
-from data.geo import Gazetteer, shorten
+from data.geo import Gazetteer, distance_m, shorten
 from data.poi import POI
 from data.vocab import INTERESTS, STYLES
 
@@ -89,11 +88,7 @@ def split_cells(cells: list[Cell], config: SamplingConfig) -> dict[str, list[Cel
 
 
 def _distance_m(a: POI, b: POI) -> float:
-    # Equirectangular is plenty at city scale.
-    mean_lat = math.radians((a.latitude + b.latitude) / 2)
-    dx = math.radians(b.longitude - a.longitude) * math.cos(mean_lat)
-    dy = math.radians(b.latitude - a.latitude)
-    return 6_371_000 * math.hypot(dx, dy)
+    return distance_m(a.latitude, a.longitude, b.latitude, b.longitude)
 
 
 def density_weights(cells: list[Cell], all_pois: list[POI]) -> list[float]:
