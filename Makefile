@@ -1,8 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   install into .venv and run the main job (today: the compression pipeline on the micro preset:
-#               corpus, proxy teacher, capture, analysis, guided layer deletion, width pruning, healing, evaluation)
+#   make demo   install into .venv and run the main job: the tour guide's page and HTTP API on the
+#               shipped default model (models/tour-guide-demo.gguf), offline, at http://127.0.0.1:7860/
 #   make test   install into .venv with the test extras and run the whole test suite
-# Both are idempotent: the install step reruns only when pyproject.toml changes.
+# Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes.
+#   make pipeline  the whole compression pipeline on the micro preset, about two minutes
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,14 +12,20 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # torch is pinned first so pip never swaps in a different (CUDA) build through a dependency.
 TORCH  ?= torch==2.13.0
 # llama-cpp-python builds llama.cpp here (15-20 minutes on 2 cores, once: pip caches the wheel).
-# A portable build without the multimodal tools, as the export issue asks.
+# A portable build without the multimodal tools.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 OUT    ?= out
+WEB    := app/web/node_modules/.installed
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo pipeline test install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# The map's browser libraries (Leaflet, Natural Earth shapes) from the npm registry.
+$(WEB): app/web/package.json
+	npm install --prefix app/web --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install $(TORCH)
@@ -30,15 +37,18 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install: $(VENV)/.installed $(WEB)
+install-dev: $(VENV)/.installed-dev $(WEB)
 
-demo: $(VENV)/.installed
+demo: install
+	$(PY) -m app
+
+pipeline: install
 	$(PY) -m data.geo encode -33.8568 151.2153
 	$(PY) -m compress.run --config configs/micro.toml --runs-dir $(OUT)/runs
 
-test: $(VENV)/.installed-dev
+test: install-dev
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache app/web/node_modules

@@ -64,7 +64,7 @@ def _gguf():
     try:
         import gguf
     except ImportError as exc:  # an optional extra
-        raise GGUFExportError("the gguf package is missing: pip install 'offline-tour-guide[gguf]'") from exc
+        raise GGUFExportError("the gguf package is missing: pip install gguf (a dependency of this project)") from exc
     return gguf
 
 
@@ -280,7 +280,7 @@ def llama_quantize(source: Path, out: Path, quant: str, threads: int | None = No
     try:
         import llama_cpp
     except ImportError as exc:
-        raise GGUFExportError(f"{quant} needs llama-cpp-python: pip install 'offline-tour-guide[gguf]'") from exc
+        raise GGUFExportError(f"{quant} needs llama-cpp-python: pip install llama-cpp-python (a dependency of this project)") from exc
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _file_type(quant)
     params.nthread = threads or os.cpu_count() or 1

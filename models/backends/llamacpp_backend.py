@@ -25,7 +25,7 @@ class LlamaCppBackend(Backend):
         try:
             import llama_cpp
         except ImportError as exc:
-            raise BackendError("the llamacpp backend needs llama-cpp-python: pip install 'offline-tour-guide[gguf]'") from exc
+            raise BackendError("the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python (a dependency of this project)") from exc
         self._llama_cpp = llama_cpp
         # llama.cpp's threads meet at spinning OpenMP barriers each layer: one thread per physical core
         # (half the logical CPUs, as llama.cpp's own tools assume), since a thread sharing a core

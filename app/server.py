@@ -1,0 +1,38 @@
+"""One server for everything: the HTTP API, the Gradio page, the map's static files."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.api import create_api
+from app.page import CSS, HEAD, LIB, WEB, Guides, build_page, theme
+
+SYDNEY = (-33.8688, 151.2093)
+
+
+def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, float] = SYDNEY, zoom: int = 12) -> FastAPI:
+    """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /."""
+    import gradio as gr
+
+    if not (LIB / "leaflet" / "dist" / "leaflet.js").is_file():
+        raise FileNotFoundError(f"no Leaflet under {LIB}: run `npm install --prefix app/web` (the set-up command does)")
+    guide = guides.get(guides.default)  # the API answers with the default model; load it before serving
+    app = create_api(guide)
+
+    @app.get("/coverage")
+    def coverage() -> dict:
+        from dataclasses import asdict
+
+        return {"places": [asdict(p) for p in guide.coverage.places] if guide.coverage else []}
+
+    @app.get("/page-config")
+    def page_config() -> dict:
+        return {"center": list(center), "zoom": zoom, "tiles": tiles}
+
+    app.mount("/web/lib", StaticFiles(directory=LIB), name="web-lib")
+    app.mount("/web/static", StaticFiles(directory=WEB / "static"), name="web-static")
+    page = build_page(guides)
+    page.queue(default_concurrency_limit=1)  # one generation at a time per event: the backends serialize anyway
+    return gr.mount_gradio_app(app, page, path="/", theme=theme(), css=CSS, head=HEAD, footer_links=["api"],
+                               ssr_mode=False)
