@@ -71,3 +71,15 @@ def test_inference_bench_writes_its_table(micro_teacher, tiny_corpus, tmp_path):
         assert r["decode_tok_s"] > 0 and r["peak_rss"] > r["baseline_rss"] > 0 and r["weight_bytes"] > 0
     text = out.read_text()
     assert "## micro" in text and "## Reading" in text and out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_load_bench_counts_every_request_and_no_errors(tmp_path):
+    """bench.load against `python -m app` on the default model: all requests answered."""
+    from bench.load import main as bench_load
+
+    out = tmp_path / "app.md"
+    assert bench_load(["--clients", "1,3", "--requests", "6", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["clients"], r["requests"], r["errors"]) for r in report["levels"]] == [(1, 6, 0), (3, 6, 0)]
+    assert report["server_alive_after"] and 0 < report["levels"][0]["p50_s"] <= report["levels"][0]["max_s"]
+    assert "| 3 | 6 | 0 |" in out.read_text()

@@ -1,0 +1,171 @@
+"""Load test: concurrent clients on loopback against POST /tour-guide of `python -m app` with the
+default model; writes docs/results/app.md (+ .json).
+
+    python -m bench.load --clients 1,4,16 --requests 64
+
+For each concurrency level, `--requests` requests (bounded: each level also stops at
+`--max-seconds`) spread over that many client threads, each request a random known place with
+random interests and style. Reported: p50 / p95 / max latency, requests per second, errors (any
+non-200 or broken body; the target is zero). The server serializes generation per model, so
+latency grows with the queue while throughput stays that of one stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench import reproduce_command
+from data.io import write_atomic
+from data.vocab import INTERESTS, STYLES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_app(extra: list[str]) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), *extra], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the app did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.3)
+
+
+def bodies(url: str, count: int, seed: int) -> list[dict]:
+    places = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        p = rng.choice(places)
+        out.append({"latitude": p["latitude"], "longitude": p["longitude"],
+                    "interests": rng.sample(INTERESTS, rng.randint(1, 3)), "style": rng.choice(list(STYLES))})
+    return out
+
+
+def one(url: str, body: dict) -> tuple[float, str | None, int]:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url + "/tour-guide", data=data, headers={"content-type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+            error = None if answer.get("description") else "empty description"
+            tokens = (answer.get("timings") or {}).get("completion_tokens") or 0
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return time.perf_counter() - start, f"{type(exc).__name__}: {exc}", 0
+    return time.perf_counter() - start, error, tokens
+
+
+def run_level(url: str, clients: int, work: list[dict], max_seconds: float) -> dict:
+    lock = threading.Lock()
+    queue = list(work)
+    results: list[tuple[float, str | None, int]] = []
+    deadline = time.monotonic() + max_seconds
+
+    def client():
+        while time.monotonic() < deadline:
+            with lock:
+                if not queue:
+                    return
+                body = queue.pop()
+            outcome = one(url, body)
+            with lock:
+                results.append(outcome)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies = sorted(r[0] for r in results)
+    errors = [r[1] for r in results if r[1]]
+    return {
+        "clients": clients, "requests": len(results), "unsent": len(queue), "seconds": wall,
+        "p50_s": statistics.median(latencies), "p95_s": latencies[max(0, int(round(0.95 * len(latencies))) - 1)],
+        "max_s": latencies[-1], "requests_per_s": len(results) / wall,
+        "tokens_per_s": sum(r[2] for r in results) / wall, "errors": len(errors), "error_samples": errors[:3],
+    }
+
+
+def render(report: dict) -> str:
+    lines = ["# The app under load", "", f"Command: `{report['command']}`  ",
+             f"Server: `python -m app` ({report['health']['backend']}, `{Path(report['health']['model']).name}`, "
+             f"{report['health'].get('threads')} llama.cpp thread(s)) on 127.0.0.1; clients are threads of the bench "
+             f"process on the same {os.cpu_count()}-core machine, each sending its next request as soon as the last "
+             "returns. Requests: a random known place, 1-3 random interests, a random style; greedy.", "",
+             "| clients | requests | errors | p50 ms | p95 ms | max ms | requests/s | tokens/s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["levels"]:
+        lines.append(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_s'] * 1000:.0f} | "
+                     f"{r['p95_s'] * 1000:.0f} | {r['max_s'] * 1000:.0f} | {r['requests_per_s']:.1f} | "
+                     f"{r['tokens_per_s']:.0f} |")
+    total_errors = sum(r["errors"] for r in report["levels"])
+    unsent = sum(r["unsent"] for r in report["levels"])
+    samples = [e for r in report["levels"] for e in r["error_samples"]][:3]
+    lines += ["", f"Errors: {total_errors} in all" + (f" (for example: {samples})" if total_errors else "") + "."
+              + (f" {unsent} requests were not sent before a level's time limit." if unsent else ""), "",
+              "Generation is serialized per model (llama.cpp's context is not thread-safe), so with more clients "
+              "each request waits behind the others: latency grows with the number of clients while requests/s "
+              "stays about that of one client.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
+    parser.add_argument("--requests", type=int, default=64, help="requests per level")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="time limit per level")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
+    parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
+    args = parser.parse_args(argv)
+    proc, url = start_app(args.app_arg)
+    try:
+        health = json.loads(urllib.request.urlopen(url + "/health").read())
+        one(url, bodies(url, 1, args.seed + 99)[0])  # warm-up
+        levels = []
+        for clients in (int(c) for c in args.clients.split(",")):
+            level = run_level(url, clients, bodies(url, args.requests, args.seed + clients), args.max_seconds)
+            print(f"{clients:3d} clients: {level['requests']} requests, {level['errors']} errors, "
+                  f"p50 {level['p50_s'] * 1000:.0f} ms, p95 {level['p95_s'] * 1000:.0f} ms, "
+                  f"{level['requests_per_s']:.1f} req/s", flush=True)
+            levels.append(level)
+        alive = proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    report = {"command": reproduce_command("bench.load", argv if argv is not None else sys.argv[1:], Path(args.out),
+                                           "app.md"),
+              "health": health, "levels": levels, "server_alive_after": alive}
+    out = Path(args.out)
+    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
+    write_atomic(out, render(report))
+    print(f"wrote {out}")
+    return 0 if alive and not sum(level["errors"] for level in levels) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
