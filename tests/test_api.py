@@ -2,19 +2,15 @@
 422 naming the field for every kind of bad input."""
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Served(str):
@@ -33,21 +29,7 @@ def server(micro_gguf, tiny_corpus, tmp_path_factory):
     model.write_bytes(micro_gguf["f32"].read_bytes())
     assert coverage_main(["--corpus", str(tiny_corpus), "--pois", str(FIXTURES / "pois_small.jsonl"),
                           "--out", str(folder / "micro.coverage.json")]) == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--model", str(model), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the app did not come up"
-            time.sleep(0.2)
+    proc, url = start_server([sys.executable, "-m", "app", "--model", str(model), "--port", "{port}"], "/health")
     served = Served(url)
     served.coverage = json.loads((folder / "micro.coverage.json").read_text())["places"]
     yield served

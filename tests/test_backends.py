@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import tour_queries
+from conftest import start_server, tour_queries
 from fake_llm_server import OPENAI_PATH, Behaviour, FakeLLMServer
 from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
 from models.backends.base import StopMatcher, TextAssembler
@@ -160,28 +160,12 @@ def test_openai_errors_become_backend_errors():
 def test_openai_backend_against_llama_cpp_s_own_server(micro_gguf, reference):
     """The real client against a real OpenAI-compatible server (llama.cpp's, serving the same
     GGUF): the served greedy answer is the local one."""
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(micro_gguf["f32"]),
-                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1",
-                               "--model_alias", "micro"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server, url = start_server([sys.executable, "-m", "llama_cpp.server", "--model", str(micro_gguf["f32"]),
+                                "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "512", "--n_threads", "1",
+                                "--model_alias", "micro"], "/v1/models", timeout_s=60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "llama_cpp.server did not come up"
-                time.sleep(0.2)
         # llama.cpp's server penalises repeats by default (1.1); greedy means no penalty
-        with open_backend("openai", "micro", base_url=f"http://127.0.0.1:{port}/v1",
+        with open_backend("openai", "micro", base_url=f"{url}/v1",
                           extra_body={"repeat_penalty": 1.0}) as backend:
             for query, expected in zip(tour_queries(), reference):
                 done = backend.complete(query, GenerationOptions(max_tokens=40))

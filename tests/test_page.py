@@ -3,16 +3,13 @@ real browser (Debian's chromium through Playwright) and by gradio_client."""
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import start_server
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LOCAL = ("http://127.0.0.1", "http://localhost", "data:", "blob:", "about:")
 
@@ -20,22 +17,7 @@ LOCAL = ("http://127.0.0.1", "http://localhost", "data:", "blob:", "about:")
 @pytest.fixture(scope="module")
 def app_url():
     """`python -m app` with no arguments: the default GGUF, offline."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the app did not come up"
-            time.sleep(0.3)
+    proc, url = start_server([sys.executable, "-m", "app", "--port", "{port}"], "/health", {"HF_HUB_OFFLINE": "1"})
     yield url
     proc.terminate()
     proc.wait(timeout=30)
