@@ -5,7 +5,6 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
