@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.backends import KINDS, BackendError
+from models.backends import KINDS, BackendError, detect_kind
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tour-guide-demo.gguf"
 
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=KINDS, default=None, help="for every --model (default: from the reference)")
     parser.add_argument("--model", action="append", default=None,
-                        help="a .gguf, an ONNX folder, a checkpoint dir or hub id (repeatable: the page offers each)")
+                        help="a .gguf, an ONNX folder, a checkpoint dir or hub id, optionally KIND:MODEL "
+                             "(torch:runs/demo/heal/student); repeatable: the page offers each")
     parser.add_argument("--base-url", default=None, help="openai backend: the server")
     parser.add_argument("--device", default=None, help="torch backend: cpu, cuda, auto")
     parser.add_argument("--tiles", default=None, help="online map tiles URL template, used when reachable")
@@ -34,9 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
 def guides_from(args):
     from app.page import Guides
 
-    options = {k: v for k, v in (("base_url", args.base_url), ("device", args.device)) if v}
-    models = args.model or [str(DEFAULT_MODEL)]
-    return Guides({f"{Path(m).name} ({args.backend or 'auto'})": (args.backend, m, options) for m in models})
+    offered = {}
+    for spec in args.model or [str(DEFAULT_MODEL)]:
+        kind, _, model = spec.partition(":") if spec.split(":", 1)[0] in KINDS else (args.backend, "", spec)
+        kind = kind or detect_kind(model)
+        options = {}
+        if kind == "torch" and args.device:
+            options["device"] = args.device
+        if kind == "openai" and args.base_url:
+            options["base_url"] = args.base_url
+        offered[f"{Path(model).name} ({kind})"] = (kind, model, options)
+    return Guides(offered)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +60,32 @@ def main(argv: list[str] | None = None) -> int:
     except (BackendError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.share:
-        print("--share: a public link needs Gradio's tunnel and internet; serving locally only", file=sys.stderr)
     print(f"Offline Tour Guide on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    if args.share:
+        import threading
+
+        threading.Thread(target=share, args=(server, args.port), daemon=True).start()
+    server.run()
     return 0
+
+
+def share(server, port: int) -> None:
+    """A public gradio.live link to this server through Gradio's tunnel, as `launch(share=True)`
+    makes one (the page is mounted, not launched, so the tunnel is opened here). Needs internet."""
+    import secrets
+    import time
+
+    from gradio.networking import setup_tunnel
+
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        url = setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+    except Exception as exc:  # offline, or the share server refused: the local server goes on
+        print(f"--share: no public link ({type(exc).__name__}: {exc}); serving locally only", file=sys.stderr, flush=True)
+        return
+    print(f"Public link (72 hours): {url}", flush=True)
 
 
 if __name__ == "__main__":

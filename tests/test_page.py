@@ -27,7 +27,7 @@ def test_gradio_client_describes_a_landmark(app_url):
     from gradio_client import Client
 
     client = Client(app_url + "/", verbose=False)
-    description, stats = client.predict("46V8+73 Sydney", ["architecture"], "brief", "tour-guide-demo.gguf (auto)",
+    description, stats = client.predict("46V8+73 Sydney", ["architecture"], "brief", "tour-guide-demo.gguf (llamacpp)",
                                         0.0, 1.0, 128, api_name="/describe")
     assert "Sydney Opera House" in description
     assert "first token after" in stats
@@ -80,3 +80,18 @@ def test_a_browser_drops_a_pin_and_reads_the_streamed_description(app_url, tmp_p
     target = os.environ.get("TOUR_GUIDE_SCREENSHOT")  # set to docs/app.png to refresh the README's picture
     if target:
         shutil.copyfile(tmp_path / "app.png", target)
+
+
+def test_the_page_offers_every_model_given_with_its_backend(micro_teacher, micro_gguf):
+    from app.__main__ import build_parser, guides_from
+
+    args = build_parser().parse_args(["--model", f"torch:{micro_teacher}", "--model", str(micro_gguf["f16"]),
+                                      "--device", "cpu"])
+    guides = guides_from(args)
+    assert guides.models == {f"{micro_teacher.name} (torch)": ("torch", str(micro_teacher), {"device": "cpu"}),
+                             f"{micro_gguf['f16'].name} (llamacpp)": ("llamacpp", str(micro_gguf["f16"]), {})}
+    from models.prompt import TourQuery  # both load and answer the same greedy question alike
+
+    query = TourQuery("4RRH46V8+74", "46V8+74", "Sydney", ("history",), "brief")
+    answers = {label: guides.get(label).backend.complete(query).text for label in guides.models}
+    assert len(set(answers.values())) == 1
