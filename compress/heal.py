@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from compress.transport.rotation import procrustes  # the student-teacher map, shared with the diagnostics
+
 METHODS = ("kd", "finetune", "lora")
 PROJECTIONS = ("procrustes", "learned")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -118,12 +120,6 @@ def layer_pairs(student_layers: int, teacher_layers: int, kept: list[int] | None
         raise ValueError(f"layer map has {len(kept)} entries for a student with {student_layers} layers")
     pairs = [(j + 1, kept[j] + 1) for j in range(student_layers - 1)]
     return pairs + [(student_layers, teacher_layers)]
-
-
-def procrustes(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """The map W [hs, ht] with orthonormal rows minimising ||student @ W - teacher|| (rows are tokens)."""
-    u, _, vt = torch.linalg.svd(student.double().T @ teacher.double(), full_matrices=False)
-    return (u @ vt).float()
 
 
 class HiddenProjection(nn.Module):
