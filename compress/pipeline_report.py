@@ -107,6 +107,23 @@ def format_run_report(run, images: Path | None = None, prefix: str = "") -> str:
             lines += [f"### Split `{split}`", "", *metric_table(metrics, split), "",
                       f"![{split}]({figure(run.stage_dir('evaluate') / f'metrics_{split}.png')})", ""]
         lines += [METRIC_LEGEND]
+    from compress.transport.qa import read_log
+
+    qa = read_log(run.dir)
+    if qa:
+        from compress.plots import plot_qa
+
+        lines += ["", "## QA metrics", "", "From `python -m compress.transport.qa` (runs/<id>/logs/metrics.jsonl), "
+                  "teacher-forced on held-out answers: KL(reference || candidate) and surprisal in nats per token.", "",
+                  "| candidate | when | split | tokens | logit KL | surprisal (reference) | mean hidden cosine |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for row in qa:
+            cos = row.get("hidden_state_cosine")
+            lines.append(f"| {row['label']} | {row['time'][:16]} | {row['config']['split']} | {row['tokens']} | "
+                         f"{row.get('logit_kl', float('nan')):.4f} | {row.get('surprisal', float('nan')):.3f} "
+                         f"({row.get('surprisal_reference', float('nan')):.3f}) | "
+                         + (f"{sum(cos) / len(cos):.3f}" if cos else "–") + " |")
+        lines += ["", f"![QA]({figure(plot_qa(qa, run.dir / 'qa_metrics.png'))})"]
     exported = m["stages"].get("export", {})
     if exported.get("status") == "done":
         lines += ["", "## Exports", "", "The healed student for offline runtimes; *answer* is one greedy answer to the "

@@ -108,3 +108,26 @@ def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_qa(rows: list[dict], path: Path) -> Path:
+    """Per candidate layer: hidden-state cosine with its reference layer, and the residual RMS of
+    both models (the reference at the layer each candidate layer came from)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for row in rows:
+        layers = range(len(row.get("hidden_state_cosine") or row.get("residual_rms") or []))
+        if row.get("hidden_state_cosine"):
+            left.plot(layers, row["hidden_state_cosine"], marker="o", label=row["label"])
+        if row.get("residual_rms"):
+            line, = right.plot(layers, row["residual_rms"], marker="o", label=row["label"])
+            reference = [row["residual_rms_reference"][t] for t in row["keep"]]
+            right.plot(layers, reference, linestyle="--", color=line.get_color(), label=f"reference at kept layers")
+    left.set(title="hidden-state cosine with the reference layer", xlabel="candidate layer", ylim=(0, 1.02))
+    right.set(title="residual RMS (dashed: reference)", xlabel="candidate layer")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -83,3 +83,19 @@ def test_load_bench_counts_every_request_and_no_errors(tmp_path):
     assert [(r["clients"], r["requests"], r["errors"]) for r in report["levels"]] == [(1, 6, 0), (3, 6, 0)]
     assert report["server_alive_after"] and 0 < report["levels"][0]["p50_s"] <= report["levels"][0]["max_s"]
     assert "| 3 | 6 | 0 |" in out.read_text()
+
+
+def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny_corpus, tmp_path):
+    """bench.transport end to end: captures on the same texts, one ledger line per layer."""
+    from bench.transport import main as bench_transport
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"keep": [0, 1, 2, 3]}))
+    out = tmp_path / "transport.md"
+    assert bench_transport(["--teacher", str(micro_teacher), "--student", str(micro_teacher), "--plan", str(plan),
+                            "--corpus", str(tiny_corpus), "--samples", "3", "--work", str(tmp_path / "w"),
+                            "--out", str(out)]) == 0
+    ledger = [json.loads(line) for line in (tmp_path / "transport_ledger.jsonl").read_text().splitlines()]
+    assert [r["student_layer"] for r in ledger] == [0, 1, 2, 3]
+    assert all(r["cosine_after"] > 0.999 for r in ledger)  # a model against itself
+    assert "| 3 | 3 |" in out.read_text()

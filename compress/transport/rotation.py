@@ -117,7 +117,10 @@ def layer_map(layers: list[str], plan: str | None) -> list[tuple[int, int]]:
 
 
 def analyse(student_dir: str | Path, teacher_dir: str | Path, layers: list[tuple[int, int]], out_dir: str | Path,
-            ledger: str | Path | None = None) -> list[dict]:
+            ledger: str | Path | None = None, channels: list[int] | None = None) -> list[dict]:
+    """One ledger row per layer pair. `channels`: the teacher's hidden channels the student kept
+    (width_plan.json), for a third cosine: the student's states against those channels as they
+    are, the correspondence pruning made before healing moved anything."""
     from safetensors.torch import save_file
 
     student, teacher = CaptureReader(student_dir), CaptureReader(teacher_dir)
@@ -141,12 +144,16 @@ def analyse(student_dir: str | Path, teacher_dir: str | Path, layers: list[tuple
             cross = acc.cross @ pca
             rotation = procrustes_from_cross(cross)
             maps[key] = (pca, rotation, explained, torch.linalg.svdvals(cross))
-        cos = {key: [0.0, 0.0] for key in sums}
+        cos = {key: [0.0, 0.0, 0.0] for key in sums}
+        kept = torch.as_tensor(sorted(channels)) if channels is not None else None
         for s, t in _pairs(student, teacher):  # pass 2: per-token cosines
             for (s_layer, t_layer), (pca, rotation, _, _) in maps.items():
                 sv, tv = s[f"{STATE}.{s_layer}"].double(), t[f"{STATE}.{t_layer}"].double() @ pca
                 cos[(s_layer, t_layer)][0] += torch.nn.functional.cosine_similarity(sv, tv, dim=-1).sum().item()
                 cos[(s_layer, t_layer)][1] += torch.nn.functional.cosine_similarity(sv @ rotation, tv, dim=-1).sum().item()
+                if kept is not None:
+                    selected = t[f"{STATE}.{t_layer}"].double()[:, kept]
+                    cos[(s_layer, t_layer)][2] += torch.nn.functional.cosine_similarity(sv, selected, dim=-1).sum().item()
     except ShardError as exc:
         raise TransportError(str(exc)) from exc
     finally:
@@ -165,6 +172,7 @@ def analyse(student_dir: str | Path, teacher_dir: str | Path, layers: list[tuple
             "student_layer": s_layer, "teacher_layer": t_layer, "tokens": n, "state": STATE,
             "student_width": pca.shape[1], "teacher_width": pca.shape[0], "pca_explained": round(explained, 6),
             "cosine_before": cos[(s_layer, t_layer)][0] / n, "cosine_after": cos[(s_layer, t_layer)][1] / n,
+            "cosine_kept_channels": cos[(s_layer, t_layer)][2] / n if kept is not None else None,
             "singular_values": [round(float(v), 6) for v in singular], "rotation_file": str(path),
         })
     if ledger:
@@ -183,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer", action="append", required=True, help="student layer, or S:T (repeatable)")
     parser.add_argument("--plan", default=None, help="pruning_plan.json mapping student layers to teacher layers")
     parser.add_argument("--ledger", default=None, help="JSONL file to append one line per layer to")
+    parser.add_argument("--width-plan", default=None, help="width_plan.json: also compare with the kept channels as is")
     parser.add_argument("--out", required=True, help="directory for the rotation safetensors")
     args = parser.parse_args(argv)
     try:
-        results = analyse(args.student, args.teacher, layer_map(args.layer, args.plan), args.out, args.ledger)
+        channels = json.loads(Path(args.width_plan).read_text())["kept"]["hidden"] if args.width_plan else None
+        results = analyse(args.student, args.teacher, layer_map(args.layer, args.plan), args.out, args.ledger, channels)
     except (TransportError, OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
