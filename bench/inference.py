@@ -168,10 +168,8 @@ def run_target(target: Target, queries: list[dict], repeats: int, max_tokens: in
     }
 
 
-def run_in_child(target: Target, corpus: str, repeats: int, max_tokens: int, threads: int | None) -> dict:
+def run_in_child(target: Target, corpus: str, repeats: int, max_tokens: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "bench.inference", "--child", json.dumps(asdict(target)), "--corpus", corpus,
                "--repeats", str(repeats), "--max-tokens", str(max_tokens)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -313,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = copy_bandwidth()
     results = []
     for target in targets:
-        result = run_in_child(target, args.corpus, args.repeats, args.max_tokens, None)
+        result = run_in_child(target, args.corpus, args.repeats, args.max_tokens)
         print(f"{target.model:12s} {target.backend:9s} {target.quant:7s} decode {result['decode_tok_s']:8.0f} tok/s  "
               f"TTFT {result['ttft_s'] * 1000:7.1f} ms  brief {result['brief_s'] * 1000:7.0f} ms  "
               f"RSS {result['peak_rss'] / 2**20:5.0f} MiB", flush=True)

@@ -66,6 +66,17 @@ def encode_rows(rows: list[dict], tokenizer, max_length: int = 512) -> list[Forc
     return sequences
 
 
+def pad_batch(chunk: list[ForcedSequence]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of a batch, right-padded: positions stay 0.. as in training."""
+    width = max(len(s.ids) for s in chunk)
+    ids = torch.zeros((len(chunk), width), dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, seq in enumerate(chunk):
+        ids[row, :len(seq.ids)] = torch.tensor(seq.ids)
+        mask[row, :len(seq.ids)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def answer_logprobs(model, sequences: list[ForcedSequence], batch_size: int = 8) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Per batch: the sequence indices and, for each, log-probabilities [answer tokens, vocab]
@@ -75,12 +86,7 @@ def answer_logprobs(model, sequences: list[ForcedSequence], batch_size: int = 8)
     device = input_device(model)
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
-        width = max(len(s.ids) for s in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):  # right padding: positions stay 0.. as in training
-            ids[row, :len(seq.ids)] = torch.tensor(seq.ids)
-            mask[row, :len(seq.ids)] = 1
+        ids, mask = pad_batch(chunk)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         # Position p predicts token p + 1.
         out = [

@@ -521,27 +521,29 @@ def stage_export(run: Run) -> dict:
     for precision in x.onnx:
         report = export_onnx(student, out / f"student-onnx-{precision}", precision)
         summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
-    if x.check:
+    if x.check and summary:
+        from data.build import read_split
+        from models.backends import GenerationOptions, open_backend
+
+        messages = next(iter(read_split(_corpus(run), "test")))["messages"]
+        options = GenerationOptions(max_tokens=64)
+        with open_backend("torch", str(student)) as reference:
+            expected = reference.complete(messages, options).text
         for entry in summary.values():
-            entry["answer"] = _first_answer(run, out / entry["file"])
+            entry["answer"] = _first_answer(out / entry["file"], messages, options, expected)
     return summary
 
 
-def _first_answer(run: Run, artifact: Path) -> dict:
-    """One greedy answer from an export, next to the checkpoint's own: proof that the file runs
-    (or why it was not run here)."""
-    from data.build import read_split
-    from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
+def _first_answer(artifact: Path, messages: list[dict], options, expected: str) -> dict:
+    """One greedy answer from an export, next to the checkpoint's own (`expected`): proof that
+    the file runs (or why it was not run here)."""
+    from models.backends import BackendError, detect_kind, open_backend
 
-    row = next(iter(read_split(_corpus(run), "test")))
-    options = GenerationOptions(max_tokens=64)
     try:
         with open_backend(detect_kind(str(artifact)), str(artifact)) as backend:
-            done = backend.complete(row["messages"], options)
+            done = backend.complete(messages, options)
     except BackendError as exc:
         return {"ran": False, "why": str(exc)}
-    with open_backend("torch", str(run.stage_dir("heal") / "student")) as reference:
-        expected = reference.complete(row["messages"], options).text
     return {"ran": True, "text": done.text, "same_as_torch": done.text == expected,
             "tokens_per_s": done.stats.tokens_per_s}
 

@@ -188,7 +188,7 @@ def gguf_name(hf_name: str, name_map) -> str:
 # Writing
 
 
-def _quantized(array: np.ndarray, quant: str, name: str):
+def _quantized(array: np.ndarray, quant: str):
     """(data, raw type) of one tensor. Norm weights and other vectors stay f32 as in llama.cpp's
     own converter; a matrix whose rows do not split into q8_0's 32-value blocks is stored f16."""
     gguf = _gguf()
@@ -260,7 +260,7 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", progr
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when output.weight is absent
         array = load().float().numpy()
-        data, qtype = _quantized(array, quant, hf_name)
+        data, qtype = _quantized(array, quant)
         writer.add_tensor(gguf_name(hf_name, name_map), data, raw_dtype=qtype)
     try:
         writer.write_header_to_file()
@@ -308,11 +308,6 @@ def tensor_types(path: str | Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in reader.tensors}
 
 
-def gguf_parameters(path: str | Path) -> int:
-    reader = _gguf().GGUFReader(str(path))
-    return int(sum(int(np.prod(t.shape)) for t in reader.tensors))
-
-
 def _fallbacks(types: dict[str, str], quant: str, rows: dict[str, int]) -> tuple[list[dict], list[str]]:
     """Matrices llama.cpp did not store in the requested family, and why (row length)."""
     if quant not in LLAMA_QUANTS:
@@ -352,8 +347,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", prog
             write_gguf(model_dir, source, "f32" if _small(model_dir) else "f16", progress)
             out.parent.mkdir(parents=True, exist_ok=True)
             llama_quantize(source, out, quant, threads)
-    types = tensor_types(out)
     reader = _gguf().GGUFReader(str(out))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
     rows = {t.name: int(t.shape[0]) if len(t.shape) > 1 else 1 for t in reader.tensors}  # gguf shape: ne0 = row length
     fallbacks, notes = _fallbacks(types, quant, rows)
     return GGUFReport(

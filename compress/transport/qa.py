@@ -97,7 +97,7 @@ def _states(model, ids: torch.Tensor, mask: torch.Tensor):
 
 @torch.no_grad()
 def measure(config: QAConfig, progress: bool = False) -> dict:
-    from compress.calibration import encode_rows, split_rows
+    from compress.calibration import encode_rows, pad_batch, split_rows
     from models.load import LoadOptions, load_model
 
     reference, tokenizer = load_model(config.reference, LoadOptions(dtype="float32"))
@@ -119,14 +119,10 @@ def measure(config: QAConfig, progress: bool = False) -> dict:
     rms_r = torch.zeros(n_ref, dtype=torch.float64)
     for start in range(0, len(sequences), config.batch_size):
         chunk = sequences[start:start + config.batch_size]
-        width = max(len(s.ids) for s in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        answer = torch.zeros((len(chunk), width), dtype=torch.bool)  # positions predicting an answer token
-        targets = torch.zeros((len(chunk), width), dtype=torch.long)
+        ids, mask = pad_batch(chunk)
+        answer = torch.zeros(ids.shape, dtype=torch.bool)  # positions predicting an answer token
+        targets = torch.zeros(ids.shape, dtype=torch.long)
         for row, seq in enumerate(chunk):
-            ids[row, :len(seq.ids)] = torch.tensor(seq.ids)
-            mask[row, :len(seq.ids)] = 1
             answer[row, seq.answer_start - 1:len(seq.ids) - 1] = True
             targets[row, :len(seq.ids) - 1] = torch.tensor(seq.ids[1:])
         logits_r, states_r = _states(reference, ids, mask)
