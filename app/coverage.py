@@ -47,7 +47,7 @@ class Coverage:
         """Whether the model knows this spot, and the nearest place it does know."""
         known = place.plus_code in self._cells
         if not self.places:
-            return {"known": False, "nearest": None}
+            return {"known": False, "near_known": False, "nearest": None}
         nearest = min(self.places, key=lambda p: distance_m(place.latitude, place.longitude, p.latitude, p.longitude))
         metres = distance_m(place.latitude, place.longitude, nearest.latitude, nearest.longitude)
         return {"known": known, "near_known": known or metres <= NEAR_M,

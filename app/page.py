@@ -15,7 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.service import RequestError, TourGuide, TourRequest
+from app.service import RequestError, TourGuide, TourRequest, parse_place
+from data.geo import Place
 from data.vocab import INTERESTS, STYLES
 from models.backends import BackendError, GenerationOptions, open_backend
 from models.backends.base import current_rss
@@ -57,8 +58,8 @@ class Guides:
         return next(iter(self.models))
 
 
-def place_markdown(guide: TourGuide, request: TourRequest) -> str:
-    header, _ = guide.plan(request)
+def place_markdown(guide: TourGuide, place: Place) -> str:
+    header = guide.header(place)
     lines = [f"**{header['plus_code']}**" + (f" · short code **{header['short_code']} {header['locality']}**"
                                                if header["short_code"] else " · no locality nearby for a short code"),
              f"latitude {header['latitude']:.6f}, longitude {header['longitude']:.6f}"]
@@ -92,11 +93,10 @@ def build_page(guides: Guides) -> gr.Blocks:
         if not (location or "").strip():
             return "Click the map, or type coordinates or a Plus Code.", None, None
         try:
-            request = request_for(location, [INTERESTS[0]], "brief")
+            place = parse_place({"plus_code": location})
         except RequestError as exc:
             return f"<span class='tg-notice'>{exc.message}</span>", None, None
-        guide = guides.get(label)
-        return place_markdown(guide, request), request.place.latitude, request.place.longitude
+        return place_markdown(guides.get(label), place), place.latitude, place.longitude
 
     def generate(location, interests, style, label, temperature, top_p, max_tokens) -> Iterator[tuple[str, str]]:
         try:

@@ -25,6 +25,38 @@ class RequestError(ValueError):
         self.message = message
 
 
+def parse_place(body: dict) -> Place:
+    """The place of a request: `plus_code` (or whatever a person types: a code or "lat, lon"), or
+    `latitude` and `longitude`; each problem named by its field."""
+    has_code = body.get("plus_code") not in (None, "")
+    has_point = body.get("latitude") is not None or body.get("longitude") is not None
+    if has_code and has_point:
+        raise RequestError("plus_code", "give a Plus Code or coordinates, not both")
+    if has_code:
+        if not isinstance(body["plus_code"], str):
+            raise RequestError("plus_code", "must be a string such as '46V8+74 Sydney'")
+        try:
+            place = parse(body["plus_code"])
+        except GeoError as exc:
+            raise RequestError("plus_code", str(exc)) from None
+    elif has_point:
+        for name in ("latitude", "longitude"):
+            value = body.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RequestError(name, "must be a number")
+            if not math.isfinite(value):
+                raise RequestError(name, "must be finite (not NaN or infinite)")
+        try:
+            lat, lon = check_coordinates(body["latitude"], body["longitude"])
+        except GeoError as exc:
+            field = "latitude" if "latitude" in str(exc) else "longitude"
+            raise RequestError(field, str(exc)) from None
+        place = encode(lat, lon)
+    else:
+        raise RequestError("latitude", "give latitude and longitude, or plus_code")
+    return place
+
+
 @dataclass(frozen=True)
 class TourRequest:
     place: Place
@@ -39,32 +71,7 @@ class TourRequest:
         unknown = sorted(set(body) - {"latitude", "longitude", "plus_code", "interests", "style"})
         if unknown:
             raise RequestError(unknown[0], "unknown field")
-        has_code = body.get("plus_code") not in (None, "")
-        has_point = body.get("latitude") is not None or body.get("longitude") is not None
-        if has_code and has_point:
-            raise RequestError("plus_code", "give a Plus Code or coordinates, not both")
-        if has_code:
-            if not isinstance(body["plus_code"], str):
-                raise RequestError("plus_code", "must be a string such as '46V8+74 Sydney'")
-            try:
-                place = parse(body["plus_code"])
-            except GeoError as exc:
-                raise RequestError("plus_code", str(exc)) from None
-        elif has_point:
-            for name in ("latitude", "longitude"):
-                value = body.get(name)
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise RequestError(name, "must be a number")
-                if not math.isfinite(value):
-                    raise RequestError(name, "must be finite (not NaN or infinite)")
-            try:
-                lat, lon = check_coordinates(body["latitude"], body["longitude"])
-            except GeoError as exc:
-                field = "latitude" if "latitude" in str(exc) else "longitude"
-                raise RequestError(field, str(exc)) from None
-            place = encode(lat, lon)
-        else:
-            raise RequestError("latitude", "give latitude and longitude, or plus_code")
+        place = parse_place(body)
         interests = body.get("interests")
         if not isinstance(interests, list) or not all(isinstance(i, str) for i in interests):
             raise RequestError("interests", "must be a list of strings")
@@ -104,30 +111,34 @@ class TourGuide:
         candidate = path.with_name(path.stem + ".coverage.json") if path.suffix else path / "coverage.json"
         return Coverage.load(candidate) if candidate.is_file() else None
 
-    def plan(self, request: TourRequest) -> tuple[dict, TourQuery]:
-        """The response header and the query the model is asked. A pin a few metres from a place
-        the model knows, but in the next 14 m cell, is answered for that place (and says so): the
-        model learnt exact cells, and any other code would only make it guess."""
-        place = request.place
+    def header(self, place: Place) -> dict:
+        """What the response says about the place: its codes, whether the model knows it, which
+        known place it is answered for, or a notice that nothing it learnt is there."""
         header = {"plus_code": place.plus_code, "short_code": place.short_code, "locality": place.locality,
                   "latitude": place.latitude, "longitude": place.longitude, "coverage": None, "answered_for": None,
                   "notice": None, "model": self.backend.model, "backend": self.backend.kind}
-        query = request.query
         if self.coverage is None:
-            return header, query
+            return header
         coverage = header["coverage"] = self.coverage.lookup(place)
         nearest = coverage["nearest"]
-        if coverage["known"]:
+        if coverage["near_known"]:
             header["answered_for"] = nearest
-        elif coverage["near_known"]:
-            header["answered_for"] = nearest
-            query = TourQuery(nearest["plus_code"], nearest["short_code"], nearest["locality"], request.interests,
-                              request.style)
         else:
             where = f" (the nearest is {nearest['name']}, {nearest['distance_m'] / 1000:.1f} km away)" if nearest else ""
             header["notice"] = (f"This model knows no place within {NEAR_M:.0f} m of this spot{where}. The "
                                 "description below is not backed by facts it learnt and may be invented.")
-        return header, query
+        return header
+
+    def plan(self, request: TourRequest) -> tuple[dict, TourQuery]:
+        """The response header and the query the model is asked. A pin a few metres from a place
+        the model knows, but in the next 14 m cell, is answered for that place (and says so): the
+        model learnt exact cells, and any other code would only make it guess."""
+        header = self.header(request.place)
+        near = header["answered_for"]
+        if near is None or header["coverage"]["known"]:
+            return header, request.query
+        return header, TourQuery(near["plus_code"], near["short_code"], near["locality"], request.interests,
+                                 request.style)
 
     def stream(self, request: TourRequest, options: GenerationOptions | None = None) -> Iterator[tuple[str, dict]]:
         """("place", header), then ("token", {"text"}) per piece, then ("done", full answer)."""
