@@ -58,7 +58,7 @@ class Coverage:
 
 def coverage_from_corpus(corpus: str | Path, pois: str | Path, split: str = "train") -> list[KnownPlace]:
     """The POIs of every cell the corpus's `split` teaches."""
-    from data.build import read_split
+    from data.corpus import read_split
     from data.poi import load_pois
 
     by_id = {p.id: p for p in load_pois(pois)}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
 
     write_atomic(args.out, json.dumps({"corpus": str(args.corpus), "split": args.split,
                                        "places": [asdict(p) for p in places]}, indent=1, ensure_ascii=False) + "\n")

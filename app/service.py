@@ -13,7 +13,7 @@ from app.coverage import NEAR_M, Coverage
 from data.geo import GeoError, Place, check_coordinates, encode, parse
 from data.vocab import check_interests, check_style
 from models.backends import Backend, GenerationOptions
-from models.prompt import TourQuery
+from data.prompt import TourQuery
 
 
 class RequestError(ValueError):

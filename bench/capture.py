@@ -25,7 +25,7 @@ import torch
 from compress.analyze import analyze, format_table
 from compress.capture import ActivationRecorder, CaptureConfig, collect_samples, run_capture, token_entropy, teacher_sequences
 from compress.stats import Dims, StreamStats, stat_shapes
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from models.load import LoadOptions, decoder_layers, input_device, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ from compress.analyze import analyze
 from compress.capture import CaptureConfig, run_capture
 from compress.depth import (BASELINES, PLAN_FILE, GuidedConfig, calibration_for, make_plan, prune_to_dir)
 from compress.evaluate import COLUMNS, HIGHER_IS_BETTER, EvalConfig, Evaluation, evaluate
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from data.poi import SYDNEY
 from models.load import decoder_layers
 from bench import reproduce_command

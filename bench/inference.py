@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import reproduce_command
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 # (backend, quantization) pairs measured per model; the torch row is the unexported checkpoint.
@@ -117,7 +117,7 @@ def copy_bandwidth(mib: int = 512, repeats: int = 5) -> float:
 def bench_queries(corpus: str, per_style: int = 4) -> list[dict]:
     """Known places from the training split, in the brief and detailed styles: the answers a
     visitor would get, of both lengths."""
-    from data.build import read_split
+    from data.corpus import read_split
 
     chosen: dict[str, list[dict]] = {"brief": [], "detailed": []}
     seen = set()

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import reproduce_command
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from data.vocab import INTERESTS, STYLES
 
 ROOT = Path(__file__).resolve().parent.parent

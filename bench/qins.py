@@ -32,7 +32,7 @@ from torch import nn
 
 from compress.calibration import encode_rows, split_rows
 from compress.evaluate import forced_metrics
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from export import qins
 from bench import reproduce_command
 

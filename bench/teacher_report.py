@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from data.io import write_atomic  # noqa: E402
+from core.artifacts import write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 
 from bench import reproduce_command
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_texts(corpus: str, split: str, samples: int, folder: Path) -> int:
     """One .txt per sample (a --samples-dir keeps the prompt's newlines, which matter to the model)."""
-    from data.build import read_split
-    from models.prompt import IM_END, render_chatml
+    from data.corpus import read_split
+    from data.prompt import IM_END, render_chatml
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = list(read_split(corpus, split))[:samples]

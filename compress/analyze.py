@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from compress.capture import CAPTURE_FILE, STATS_FILE
 from compress.shards import CaptureReader
 from compress.stats import VARIANTS, Dims, StreamStats, residual_states
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 ANALYSIS_FILE = "analysis.json"
 IMPORTANCE_FILE = "importance.safetensors"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from data.build import read_split
+from data.corpus import read_split
 
 CALIBRATION_BUCKETS = 4
 # Splits a caller may name besides the corpus's own train / val / test.

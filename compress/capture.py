@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from compress.shards import FORMATS, STORE_DTYPES, ShardWriter
 from compress.stats import Dims, StreamStats, sample_keys
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 STATS_FILE = "stats.safetensors"
 CAPTURE_FILE = "capture.json"
@@ -77,7 +77,7 @@ def collect_samples(config: CaptureConfig) -> list[Sample]:
     """Every requested sample with a stable id (so a resumed capture recognises its work)."""
     samples: list[Sample] = []
     if config.data:
-        from data.build import read_split
+        from data.corpus import read_split
 
         try:
             rows = read_split(config.data, config.split)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from models.load import decoder_layers, layout_of
 
 BASELINES = ("shortgpt", "angular", "u-shape", "alternate", "random")
@@ -103,15 +103,6 @@ def layers_removed(model: nn.Module, removed: list[int]):
         config.num_hidden_layers = saved[0]
         if saved[1] is not None:
             config.layer_types = saved[1]
-
-
-def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """save_pretrained of the model, its tokenizer and chat template, loadable as is."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return out
 
 
 def choose_removed(strategy: str, analysis: dict, remove: int, variant: str = "weighted", seed: int = 0) -> list[int]:
@@ -391,7 +382,7 @@ def prune_to_dir(model, tokenizer, plan: PruningPlan, out_dir: str | Path, copy_
     """Apply a plan (to a copy when the caller still needs the full model) and save it with its plan."""
     target = copy.deepcopy(model) if copy_model else model
     delete_layers(target, plan.keep)
-    out = save_pruned(target, tokenizer, out_dir)
+    out = save_model_dir(target, tokenizer, out_dir)
     write_atomic(out / PLAN_FILE, plan.to_json())
     return out
 

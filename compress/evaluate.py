@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
-from data.io import write_atomic
+from core.artifacts import write_atomic
 from data.poi import SYDNEY
 
 METRICS_FILE = "metrics.json"

@@ -232,8 +232,8 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     from accelerate import Accelerator
 
     from compress.calibration import encode_rows, split_rows
-    from compress.depth import save_pruned
-    from data.io import write_atomic
+    from models.checkpoint import save_model_dir
+    from core.artifacts import write_atomic
     from models.load import input_device
     from models.proxy import batch_for_step, collate, corpus_sha, cosine_lr, encode_row, save_checkpoint
 
@@ -396,7 +396,7 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
         "val_rows": len(val),
     }
     if accelerator.is_main_process:
-        save_pruned(model, tokenizer, out_dir)
+        save_model_dir(model, tokenizer, out_dir)
         write_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=1) + "\n")
         shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
         (out_dir / BEST_FILE).unlink(missing_ok=True)
@@ -426,7 +426,7 @@ def _procrustes_fit(student, teacher, train, pairs, pad: int, config: HealConfig
 def schedule_sizes(config, target: dict[str, int], fractions: list[float]) -> list[dict[str, int]]:
     """Width targets for an iterative schedule: `fractions` (each in (0, 1)) of the way from the
     model's sizes to `target`, each aligned as the budget solver aligns, then the target itself."""
-    from compress.width import _CONFIG_FIELD, alignment
+    from models.shapes import CONFIG_FIELD, alignment
 
     steps = []
     for f in sorted(fractions):
@@ -435,7 +435,7 @@ def schedule_sizes(config, target: dict[str, int], fractions: list[float]) -> li
         sizes = {}
         kv = target.get("kv_heads", config.num_key_value_heads)
         for axis, goal in target.items():
-            start = getattr(config, _CONFIG_FIELD[axis])
+            start = getattr(config, CONFIG_FIELD[axis])
             size = start - f * (start - goal)
             if axis == "heads":
                 size = max(kv, int(round(size / kv)) * kv)
@@ -470,7 +470,7 @@ def prune_heal_schedule(student: nn.Module, teacher: nn.Module | None, tokenizer
     """Prune a little, heal, measure; again, until `target`. Step k lives in out_dir/step{k}; a
     finished step is loaded back on rerun, so an interrupted schedule continues where it stopped."""
     from compress.width import prune_width
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
 
     out_dir = Path(out_dir)
     if "kv_heads" in target:
@@ -490,9 +490,9 @@ def prune_heal_schedule(student: nn.Module, teacher: nn.Module | None, tokenizer
         steps.append({"step": k, "sizes": sizes, "parameters": sum(p.numel() for p in student.parameters()),
                       "before": report["before"], "after": report["after"], "seconds": report["seconds"],
                       "stopped": report["stopped"]})
-    from compress.depth import save_pruned
+    from models.checkpoint import save_model_dir
 
-    save_pruned(student, tokenizer, out_dir)
+    save_model_dir(student, tokenizer, out_dir)
     summary = {"schedule": steps, "before": steps[0]["before"], "after": steps[-1]["after"],
                "seconds": round(sum(s["seconds"] for s in steps), 1)}
     write_atomic(out_dir / REPORT_FILE, json.dumps(summary, indent=1) + "\n")

@@ -40,7 +40,7 @@ def teacher_config(config: PipelineConfig):
 
 def shapes(config: PipelineConfig) -> tuple[list[tuple[str, object]], str]:
     """[(stage, config)] for the teacher, after depth and after width pruning."""
-    from compress.width import shrunk_config
+    from models.shapes import shrunk_config
 
     teacher, origin = teacher_config(config)
     n = teacher.num_hidden_layers
@@ -57,7 +57,7 @@ def _gib(n_bytes: float) -> float:
 
 def memory_plan(config: PipelineConfig, stages: list[tuple[str, object]]) -> list[tuple[str, str, float]]:
     """(stage, what is resident, GiB) estimates for the biggest moments of each stage."""
-    from compress.width import parameter_count
+    from models.shapes import parameter_count
 
     teacher, student = stages[0][1], stages[-1][1]
     dtype = config.teacher.dtype or config.run.dtype
@@ -84,7 +84,7 @@ def memory_plan(config: PipelineConfig, stages: list[tuple[str, object]]) -> lis
 
 
 def dry_run(config: PipelineConfig) -> str:
-    from compress.width import parameter_count
+    from models.shapes import parameter_count
 
     stages, origin = shapes(config)
     lines = [f"dry run of {config.source} (run id {config.run.id}); teacher config: {origin}", "",

@@ -16,7 +16,7 @@ def model_row(name: str, folder: Path) -> str | None:
         return None
     from transformers import AutoConfig
 
-    from compress.width import parameter_count
+    from models.shapes import parameter_count
 
     config = AutoConfig.from_pretrained(str(folder))
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
@@ -146,7 +146,7 @@ def _short(summary) -> str:
 
 
 def write_run_report(run) -> Path:
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
 
     from compress.run import REPORT
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         print(write_run_report(run))
         return 0
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -217,7 +217,7 @@ def load_config(path: str | Path) -> PipelineConfig:
 def _outputs(folder: Path, previous: dict | None = None) -> dict[str, dict]:
     """sha256, size and mtime of every file a stage left (transient ones aside). A file whose size
     and mtime match the previous record keeps its recorded hash instead of being read again."""
-    from data.io import sha256_file
+    from core.artifacts import sha256_file
 
     previous = previous or {}
     found = {}
@@ -280,7 +280,7 @@ class Run:
         self.save()
 
     def save(self) -> None:
-        from data.io import write_atomic
+        from core.artifacts import write_atomic
 
         write_atomic(self.dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
 
@@ -327,7 +327,7 @@ def _corpus(run: Run) -> Path:
 
 def stage_data(run: Run) -> dict:
     from data.build import BuildConfig, build
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
     from data.poi import SYDNEY
 
     d = run.config.data
@@ -354,7 +354,7 @@ def stage_teacher(run: Run) -> dict:
                              device=run.config.run.device, max_minutes=t.max_minutes)
         return {"parameters": report["parameters"], "steps": report["steps"], "train_seconds": report["train_seconds"],
                 "fact_recall_train": report["recall_train"]["fact_recall"]}
-    from compress.width import parameter_count
+    from models.shapes import parameter_count
     from models.load import load_config
 
     config = load_config(t.model, _teacher_options(run))  # checks the architecture before any download
@@ -404,7 +404,7 @@ def _depth_kept(run: Run) -> list[int]:
 
 
 def width_sizes(config, w: WidthSection) -> dict[str, int]:
-    from compress.width import parse_count, solve_budget
+    from models.shapes import parse_count, solve_budget
 
     if w.params is not None:
         return solve_budget(config, parse_count(w.params), tuple(w.budget_axes))["sizes"]
@@ -424,7 +424,7 @@ def _width_scores(run: Run, model):
 
 
 def stage_width(run: Run) -> dict:
-    from compress.depth import save_pruned
+    from models.checkpoint import save_model_dir
     from compress.width import prune_width, write_plan
     from models.load import LoadOptions, load_model
 
@@ -432,7 +432,7 @@ def stage_width(run: Run) -> dict:
     before = sum(p.numel() for p in model.parameters())
     sizes = width_sizes(model.config, run.config.width)
     kept = prune_width(model, _width_scores(run, model), **sizes)
-    out = save_pruned(model, tokenizer, run.stage_dir("width"))
+    out = save_model_dir(model, tokenizer, run.stage_dir("width"))
     plan = write_plan(out, model, kept, before, model=str(run.stage_dir("depth")), **asdict(run.config.width))
     return {"sizes": plan["sizes"], "parameters": plan["parameters"]["after"]}
 
@@ -472,9 +472,9 @@ def stage_heal(run: Run) -> dict:
 
 
 def _size(config, axis: str) -> int:
-    from compress.width import _CONFIG_FIELD
+    from models.shapes import CONFIG_FIELD
 
-    return getattr(config, _CONFIG_FIELD[axis])
+    return getattr(config, CONFIG_FIELD[axis])
 
 
 def evaluated_models(run: Run) -> dict[str, str]:
@@ -522,7 +522,7 @@ def stage_export(run: Run) -> dict:
         report = export_onnx(student, out / f"student-onnx-{precision}", precision)
         summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
     if x.check and summary:
-        from data.build import read_split
+        from data.corpus import read_split
         from models.backends import GenerationOptions, open_backend
 
         messages = next(iter(read_split(_corpus(run), "test")))["messages"]

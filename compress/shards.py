@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from data.io import sha256_file
+from core.artifacts import sha256_file
 
 METADATA = "metadata.jsonl"
 H5_FILE = "activations.h5"
@@ -87,7 +87,7 @@ class ShardWriter:
         self.count = len(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        from data.io import write_atomic
+        from core.artifacts import write_atomic
 
         write_atomic(self.out_dir / METADATA, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from models.load import decoder_layers, layer_parts, layout_of
+from models.shapes import BUDGET_AXES, parameter_count, parse_count, solve_budget
 
 
 def _linear(old: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
@@ -187,96 +188,6 @@ def keep_heads_in_groups(scores: torch.Tensor, kv_heads: int, per_group: int) ->
 SOURCES = ("activation", "magnitude", "random")
 
 
-def parameter_count(config) -> int:
-    """Parameters of a Qwen3 / Qwen2 / Llama decoder from its config alone (no weights), so the
-    pruned shapes of a 32B teacher can be planned on a laptop."""
-    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
-    attention = 2 * h * q + 2 * h * kv + (q + 2 * kv if bias else 0)
-    if config.model_type == "qwen3":
-        attention += 2 * hd  # q_norm, k_norm
-    per_layer = attention + 3 * h * config.intermediate_size + 2 * h
-    embeddings = vocab * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
-    return embeddings + layers * per_layer + h
-
-
-BUDGET_AXES = ("hidden", "ffn", "heads", "kv_heads")
-_CONFIG_FIELD = {"hidden": "hidden_size", "ffn": "intermediate_size", "heads": "num_attention_heads",
-                 "kv_heads": "num_key_value_heads"}
-
-
-def alignment(size: int) -> int:
-    """The multiple a pruned width is rounded to: 256 for big widths (llama.cpp's k-quant blocks
-    hold 256 values per row, so Q4_K needs rows that are multiples of 256), 32 or 8 below."""
-    return 256 if size >= 2048 else 32 if size >= 256 else 8
-
-
-def parse_count(text: str | float | int) -> int:
-    """A parameter count written as 3e9, 3B, 3.02B, 800M, 250k or 123456."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    t = text.strip().upper().replace("_", "")
-    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(t[-1:], 1)
-    try:
-        return int(float(t[:-1] if scale != 1 else t) * scale)
-    except ValueError:
-        raise ValueError(f"not a parameter count: {text!r} (write e.g. 3e9, 3B or 800M)") from None
-
-
-def shrunk_config(config, sizes: dict[str, int]):
-    """A copy of `config` with the given widths (keys of BUDGET_AXES) and, optionally, layers."""
-    import copy
-
-    new = copy.deepcopy(config)
-    for axis, size in sizes.items():
-        if axis == "layers":
-            new.num_hidden_layers = size
-            if getattr(new, "layer_types", None):
-                new.layer_types = new.layer_types[:size]
-        else:
-            setattr(new, _CONFIG_FIELD[axis], size)
-    return new
-
-
-def solve_budget(config, params: int, axes: tuple[str, ...] = ("hidden", "ffn")) -> dict:
-    """Widths that bring `config` to at most `params` parameters: one keep ratio shared by the
-    chosen axes (the largest that fits), each size rounded down to its alignment (heads to a
-    multiple of the KV heads). Returns {"sizes": {axis: size}, "params": count, "ratio": r}."""
-    unknown = set(axes) - set(BUDGET_AXES)
-    if unknown or not axes:
-        raise ValueError(f"budget axes must come from {', '.join(BUDGET_AXES)}; got {', '.join(axes) or 'none'}")
-    if parameter_count(config) <= params:
-        return {"sizes": {}, "params": parameter_count(config), "ratio": 1.0}
-    full = {axis: getattr(config, _CONFIG_FIELD[axis]) for axis in axes}
-
-    def sizes_at(ratio: float) -> dict[str, int]:
-        sizes = {}
-        kv = config.num_key_value_heads
-        if "kv_heads" in axes:
-            kv = sizes["kv_heads"] = max(1, int(full["kv_heads"] * ratio))
-        if "heads" in axes:
-            group = config.num_attention_heads // config.num_key_value_heads
-            per_group = max(1, min(group, int(full["heads"] * ratio) // kv))
-            sizes["heads"] = per_group * kv
-        elif "kv_heads" in axes:
-            sizes["heads"] = kv * (config.num_attention_heads // config.num_key_value_heads)
-        for axis in ("hidden", "ffn"):
-            if axis in axes:
-                step = alignment(full[axis])
-                sizes[axis] = max(step, int(full[axis] * ratio) // step * step)
-        return sizes
-
-    for k in range(1000, 0, -1):  # ratios 0.999 .. 0.001: the first that fits is the largest
-        sizes = sizes_at(k / 1000)
-        count = parameter_count(shrunk_config(config, sizes))
-        if count <= params:
-            return {"sizes": sizes, "params": count, "ratio": k / 1000}
-    raise ValueError(f"{params:,} parameters cannot be reached by shrinking {', '.join(axes)} alone "
-                     f"(the smallest shapes still have {count:,}); remove layers or add axes")
-
-
 def importance_scores(model: nn.Module, source: str = "activation", importance_file: str | None = None,
                       variant: str = "weighted", seed: int = 0, source_layers: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Scores per layer for FFN neurons [L, ffn] and query heads [L, heads], and for hidden
@@ -359,7 +270,7 @@ PLAN_FILE = "width_plan.json"
 
 def write_plan(out_dir: str | Path, pruned: nn.Module, kept: dict, before: int, **origin) -> dict:
     """width_plan.json next to a pruned checkpoint: where it came from, its sizes, what was kept."""
-    from data.io import write_atomic
+    from core.artifacts import write_atomic
 
     c = pruned.config
     plan = {**origin,
@@ -373,7 +284,7 @@ def write_plan(out_dir: str | Path, pruned: nn.Module, kept: dict, before: int, 
 
 def main(argv: list[str] | None = None) -> int:
     from compress.analyze import IMPORTANCE_FILE
-    from compress.depth import save_pruned
+    from models.checkpoint import save_model_dir
     from models.load import LoadOptions, ModelLoadError, load_model
 
     parser = argparse.ArgumentParser(prog="python -m compress.width",
@@ -415,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     after = sum(p.numel() for p in model.parameters())
-    out = save_pruned(model, tokenizer, args.out)
+    out = save_model_dir(model, tokenizer, args.out)
     plan = write_plan(out, model, kept, before, model=args.model, source=args.source, variant=args.variant,
                       seed=args.seed)
     print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {out}")

@@ -27,12 +27,12 @@ from data.generate.base import GenerationError, GenerationRequest, GenerationRes
 from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, WriterOptions, make_generator
 from data.generate.template import __file__ as TEMPLATE_SOURCE
 from data.generate.writer_prompt import TEMPLATE_FILES
-from data.io import sha256_file, write_atomic
+from core.artifacts import sha256_file, write_atomic
 from data.poi import SYDNEY, POI, POIError
 from data.poi.loaders import load_any
 from data.sampling import SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, sample_requests, split_cells
 from data.validate import PlaceNames, text_problems
-from models.prompt import TourQuery, build_messages
+from data.prompt import TourQuery, build_messages
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,6 @@ def load_sources(paths: tuple[Path, ...]) -> list[POI]:
     if dupes:
         raise POIError(f"POI ids repeat across sources: {dupes[:10]}")
     return pois
-
-
-def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
-    """The rows of one split of a corpus written by `build`."""
-    path = Path(corpus_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def build(config: BuildConfig) -> dict:

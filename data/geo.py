@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from openlocationcode import openlocationcode as olc  # the package's top-level import is broken
 
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 SHORT_DROP = 4  # digits replaced by the locality, as Google Maps does for nearby places
 # Recovering a 4-digit-shortened code is exact only within half a degree of the reference;

@@ -1,5 +1,5 @@
 """Generation with a transformers model in this process: the teacher answering corpus prompts
-for capture, and the proxy's fact-recall check. Prompts are rendered by `models.prompt` so the
+for capture, and the proxy's fact-recall check. Prompts are rendered by `data.prompt` so the
 model sees exactly what it was trained on.
 """
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.prompt import render_prompt
+from data.prompt import render_prompt
 
 
 @dataclass

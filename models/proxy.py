@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.build import read_split
-from data.io import write_atomic
+from data.corpus import read_split
+from core.artifacts import write_atomic
 from data.poi import SYDNEY as DEFAULT_POIS
-from models.prompt import IM_END, render_prompt
+from data.prompt import IM_END, render_prompt
 from models.tokenizer import corpus_texts, train_tokenizer
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def _config_key(preset: ProxyPreset, seed: int, corpus_sha: str) -> str:
 
 def corpus_sha(corpus_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> str:
     """One hash of the named split files of a corpus."""
-    from data.io import sha256_file
+    from core.artifacts import sha256_file
 
     return hashlib.sha256("".join(sha256_file(Path(corpus_dir) / f"{s}.jsonl") for s in splits).encode()).hexdigest()
 

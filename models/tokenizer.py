@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from models.prompt import CHAT_TEMPLATE, END_OF_TEXT, IM_END, IM_START
+from data.prompt import CHAT_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 
 # Qwen2's split pattern: contractions, letter runs with one leading non-letter, single digits,
 # punctuation runs, newlines, and trailing whitespace kept apart from the next word.
@@ -74,8 +74,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
 def corpus_texts(corpus_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> Iterator[str]:
     """Every prompt and target of a corpus built by `python -m data.build`, as the model sees
     them: rendered through the chat template, so the template's own words get merges too."""
-    from data.build import read_split
-    from models.prompt import render_chatml
+    from data.corpus import read_split
+    from data.prompt import render_chatml
 
     for split in splits:
         for row in read_split(corpus_dir, split):

@@ -66,7 +66,7 @@ def micro_onnx(micro_teacher, tmp_path_factory) -> Path:
 
 def tour_queries():
     """A few visitor questions over the fixture places, styles and interests."""
-    from models.prompt import TourQuery
+    from data.prompt import TourQuery
 
     return [
         TourQuery("4RRH46V8+84", "46V8+84", "Sydney", ("architecture",), "brief"),

@@ -14,7 +14,7 @@ from models.backends import BackendError, GenerationOptions, detect_kind, open_b
 from models.backends.base import StopMatcher, TextAssembler
 from models.generate import generate_batch
 from models.load import load_model
-from models.prompt import build_messages
+from data.prompt import build_messages
 
 
 # -- shared machinery -------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_a_pruned_checkpoint_reloads_and_computes_exactly_its_kept_layers(model_
         plain = pruned.generate(ids[:, :6], max_new_tokens=8, do_sample=False, use_cache=False,
                                 pad_token_id=tok.pad_token_id)
     assert torch.equal(static, plain)
-    save_pruned(pruned, tok, tmp_path / "pruned")
+    save_model_dir(pruned, tok, tmp_path / "pruned")
     reloaded, _ = load_model(str(tmp_path / "pruned"), LoadOptions(dtype="float32"))
     assert reloaded.config.num_hidden_layers == len(keep) == len(decoder_layers(reloaded))
     assert getattr(reloaded.config, "layer_types", None) in (None, ["full_attention"] * len(keep))

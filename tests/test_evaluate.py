@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
-from compress.depth import delete_layers, save_pruned
+from compress.depth import delete_layers
+from models.checkpoint import save_model_dir
 from compress.evaluate import EvalConfig, Evaluation, Scorer, evaluate, forced_metrics, main as evaluate_main, repetition_rate
-from data.build import read_split
+from data.corpus import read_split
 from models.load import LoadOptions, load_model
 
 FIXTURE_POIS = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
@@ -76,7 +77,7 @@ def test_teacher_forcing_matches_the_models_own_loss_and_is_zero_against_itself(
 def student(micro_teacher, tmp_path_factory):
     model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
     delete_layers(model, [0, 3])
-    return save_pruned(model, tok, tmp_path_factory.mktemp("student"))
+    return save_model_dir(model, tok, tmp_path_factory.mktemp("student"))
 
 
 def test_the_cli_reports_teacher_and_students_and_resumes(micro_teacher, tiny_corpus, student, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 from conftest import tour_queries
 from export.gguf import GGUFExportError, export_gguf, tensor_types
 from models.load import load_model
-from models.prompt import build_messages, render_prompt
+from data.prompt import build_messages, render_prompt
 
 
 def _field(reader, key):

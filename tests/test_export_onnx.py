@@ -12,7 +12,7 @@ from export.onnx import OnnxExportError, export_onnx
 from models.backends import GenerationOptions, open_backend
 from models.generate import generate_batch
 from models.load import load_model
-from models.prompt import build_messages, render_prompt
+from data.prompt import build_messages, render_prompt
 
 
 def test_fp32_greedy_equals_torch(micro_teacher, micro_onnx):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Behaviour, FakeLLMServer
 
-from data.generate.anthropic_backend import AnthropicGenerator
+from data.generate.anthropic_writer import AnthropicGenerator
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult
 from data.generate.llm import LLMGenerator, parse_retry_after, price_for, strip_thinking
-from data.generate.openai_backend import OpenAIGenerator
+from data.generate.openai_writer import OpenAIGenerator
 from data.generate.writer_prompt import render
 from data.geo import SHORT_DROP, plus_code_for
 from data.poi import POI

@@ -90,7 +90,7 @@ def test_the_page_offers_every_model_given_with_its_backend(micro_teacher, micro
     guides = guides_from(args)
     assert guides.models == {f"{micro_teacher.name} (torch)": ("torch", str(micro_teacher), {"device": "cpu"}),
                              f"{micro_gguf['f16'].name} (llamacpp)": ("llamacpp", str(micro_gguf["f16"]), {})}
-    from models.prompt import TourQuery  # both load and answer the same greedy question alike
+    from data.prompt import TourQuery  # both load and answer the same greedy question alike
 
     query = TourQuery("4RRH46V8+74", "46V8+74", "Sydney", ("history",), "brief")
     answers = {label: guides.get(label).backend.complete(query).text for label in guides.models}

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from models.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, TourQuery, build_messages, render_chatml, render_prompt
+from data.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, TourQuery, build_messages, render_chatml, render_prompt
 from models.tokenizer import QWEN2_SPLIT, SPECIAL_TOKENS, train_tokenizer
 
 TEXTS = [

@@ -23,11 +23,12 @@ def test_a_model_against_itself(micro_teacher, tiny_corpus, tmp_path):
 
 
 def test_a_depth_pruned_copy_is_measured_layer_by_layer(micro_teacher, tiny_corpus, tmp_path):
-    from compress.depth import delete_layers, save_pruned
+    from compress.depth import delete_layers
+    from models.checkpoint import save_model_dir
     from models.load import load_model
 
     model, tok = load_model(str(micro_teacher))
-    pruned = save_pruned(delete_layers(model, [0, 1, 3]), tok, tmp_path / "pruned")
+    pruned = save_model_dir(delete_layers(model, [0, 1, 3]), tok, tmp_path / "pruned")
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"keep": [0, 1, 3]}))
     m = measure(_config(tmp_path, reference=str(micro_teacher), candidate=str(pruned), data=str(tiny_corpus),

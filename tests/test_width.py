@@ -148,7 +148,7 @@ def test_the_cli_writes_a_loadable_checkpoint_and_its_plan(micro_teacher, micro_
 def test_parameter_count_from_the_config_alone_matches_the_weights(loaded, micro_teacher, tmp_path):
     from transformers import Qwen3Config
 
-    from compress.width import parameter_count
+    from models.shapes import parameter_count
 
     model, _, tok = loaded
     assert parameter_count(model.config) == sum(p.numel() for p in model.parameters())
@@ -174,7 +174,7 @@ def qwen3_32b():
 
 
 def test_a_parameter_budget_becomes_aligned_sizes_that_fit_it():
-    from compress.width import parameter_count, shrunk_config, solve_budget
+    from models.shapes import parameter_count, shrunk_config, solve_budget
 
     config = shrunk_config(qwen3_32b(), {"layers": 28})
     plan = solve_budget(config, 3_000_000_000)
@@ -191,7 +191,7 @@ def test_a_parameter_budget_becomes_aligned_sizes_that_fit_it():
 
 
 def test_parameter_counts_read_as_people_write_them():
-    from compress.width import parse_count
+    from models.shapes import parse_count
 
     assert [parse_count(t) for t in ("3e9", "3B", "3.02B", "800M", "150k", 1200)] == [
         3_000_000_000, 3_000_000_000, 3_020_000_000, 800_000_000, 150_000, 1200]

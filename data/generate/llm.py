@@ -27,7 +27,7 @@ from typing import Any
 
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult, ProgressCallback
 from data.generate.writer_prompt import render
-from data.io import write_atomic
+from core.artifacts import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +304,8 @@ def _classify_status(status: int, detail: str, headers: Mapping[str, str]) -> Fa
 
 
 @dataclass
-class Completion:
-    """One 2xx answer as the backend read it, before the shared checks."""
+class WriterReply:
+    """One 2xx answer as a corpus writer read it from its SDK, before the shared checks."""
 
     text: str  # raw, <think> block and all
     model: str  # the model the server says wrote it
@@ -382,7 +382,7 @@ class LLMGenerator:
         """Everything besides the prompt that shapes the answer; part of the cache key."""
         return {"max_tokens": self.options.max_tokens, "seed": request.seed}
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> Completion:
+    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
         """One HTTP attempt. Raise the SDK's exceptions, or MalformedResponse, as they come."""
         raise NotImplementedError
 
@@ -484,7 +484,7 @@ class LLMGenerator:
 
     def _answer(
         self, system: str, user: str, request: GenerationRequest
-    ) -> tuple[Completion, str, int, list[float]]:
+    ) -> tuple[WriterReply, str, int, list[float]]:
         """Send until an answer passes or a failure is final: (completion, clean text, attempts, waits)."""
         waits: list[float] = []
         for attempt in itertools.count(1):
@@ -513,7 +513,7 @@ class LLMGenerator:
                 self.options.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _check(self, completion: Completion) -> str:
+    def _check(self, completion: WriterReply) -> str:
         """The clean answer text, or a Failure saying why this 2xx answer is not one."""
         if completion.stop_reason in _REFUSED:
             # Whatever text came before the refusal is unfinished; asking again mostly pays again.

@@ -43,14 +43,14 @@ def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Ge
     )
     try:
         if backend == "anthropic":
-            from data.generate.anthropic_backend import AnthropicGenerator
+            from data.generate.anthropic_writer import AnthropicGenerator
 
             model = options.model or DEFAULT_CLAUDE
             return AnthropicGenerator(
                 model, base_url=options.base_url, temperature=options.temperature, **llm_options
             )
         if backend == "openai":
-            from data.generate.openai_backend import OpenAIGenerator
+            from data.generate.openai_writer import OpenAIGenerator
 
             if not options.base_url or not options.model:
                 raise ValueError("the openai backend needs --base-url and --model")

@@ -20,7 +20,7 @@ from models.backends.base import (
     Backend,
     BackendError,
     Chunk,
-    Completion,
+    Answer,
     GenerationOptions,
     GenerationStats,
 )
@@ -44,13 +44,13 @@ def open_backend(kind: str | None, model: str, **options) -> Backend:
     `base_url`, `api_key`."""
     kind = kind or detect_kind(model)
     if kind == "torch":
-        from models.backends.torch_backend import TorchBackend as cls
+        from models.backends.torch_runtime import TorchBackend as cls
     elif kind == "llamacpp":
-        from models.backends.llamacpp_backend import LlamaCppBackend as cls
+        from models.backends.llamacpp_runtime import LlamaCppBackend as cls
     elif kind == "onnx":
-        from models.backends.onnx_backend import OnnxBackend as cls
+        from models.backends.onnx_runtime import OnnxBackend as cls
     elif kind == "openai":
-        from models.backends.openai_backend import OpenAIBackend as cls
+        from models.backends.openai_runtime import OpenAIBackend as cls
         if "base_url" not in options:
             raise BackendError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
     else:
@@ -61,5 +61,5 @@ def open_backend(kind: str | None, model: str, **options) -> Backend:
         raise BackendError(f"backend {kind}: {exc}") from exc
 
 
-__all__ = ["KINDS", "Backend", "BackendError", "Chunk", "Completion", "GenerationOptions", "GenerationStats",
+__all__ = ["KINDS", "Backend", "BackendError", "Chunk", "Answer", "GenerationOptions", "GenerationStats",
            "detect_kind", "open_backend"]

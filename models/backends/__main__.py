@@ -13,7 +13,7 @@ import sys
 from data.geo import GeoError, parse
 from data.vocab import INTERESTS, STYLES
 from models.backends import KINDS, BackendError, GenerationOptions, open_backend
-from models.prompt import TourQuery
+from data.prompt import TourQuery
 
 
 def build_parser() -> argparse.ArgumentParser:

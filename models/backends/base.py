@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from models.prompt import TourQuery, build_messages
+from data.prompt import TourQuery, build_messages
 
 Messages = list[dict[str, str]]
 
@@ -75,7 +75,9 @@ class Chunk:
 
 
 @dataclass
-class Completion:
+class Answer:
+    """A whole generated answer (Backend.complete): the text, its stats and the streamed pieces."""
+
     text: str
     stats: GenerationStats
     chunks: list[str] = field(default_factory=list)
@@ -238,6 +240,6 @@ class Backend(ABC):
         stats.finish_reason = "stop" if (state.ended or stopper.stopped) else "length"
         yield Chunk(tail, stats)
 
-    def complete(self, prompt: TourQuery | Messages, options: GenerationOptions = GenerationOptions()) -> Completion:
+    def complete(self, prompt: TourQuery | Messages, options: GenerationOptions = GenerationOptions()) -> Answer:
         chunks = list(self.stream(prompt, options))
-        return Completion("".join(c.text for c in chunks).strip(), chunks[-1].stats, [c.text for c in chunks])
+        return Answer("".join(c.text for c in chunks).strip(), chunks[-1].stats, [c.text for c in chunks])

@@ -9,7 +9,7 @@ import anthropic
 
 from data.generate.base import GenerationRequest
 from data.generate.llm import (
-    Completion,
+    WriterReply,
     Failure,
     LLMGenerator,
     LLMOptions,
@@ -57,7 +57,7 @@ class AnthropicGenerator(LLMGenerator):
             api_key=key, base_url=base_url, timeout=self.options.timeout, max_retries=0
         )
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> Completion:
+    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
         message = self._client.messages.create(
             model=self.model,
             max_tokens=self.options.max_tokens,
@@ -66,7 +66,7 @@ class AnthropicGenerator(LLMGenerator):
         )
         return self._read(message)
 
-    def _read(self, message: object) -> Completion:
+    def _read(self, message: object) -> WriterReply:
         content = field_of(message, "content")
         if not isinstance(content, list):
             raise MalformedResponse(f"no content list in {type(message).__name__}")
@@ -76,7 +76,7 @@ class AnthropicGenerator(LLMGenerator):
         usage = field_of(message, "usage")
         input_tokens, output_tokens = token_count(usage, "input_tokens"), token_count(usage, "output_tokens")
         served = field_of(message, "model")
-        return Completion(
+        return WriterReply(
             # Adaptive-thinking models put thinking blocks before the text; only text is the answer.
             text="".join(texts),
             model=served if isinstance(served, str) and served else self.model,

@@ -14,7 +14,7 @@ import torch
 
 from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
-from models.prompt import render_prompt
+from data.prompt import render_prompt
 
 
 def sample_next(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
-from models.prompt import render_template
+from data.prompt import render_template
 
 
 class LlamaCppBackend(Backend):

@@ -9,7 +9,7 @@ import openai
 
 from data.generate.base import GenerationRequest
 from data.generate.llm import (
-    Completion,
+    WriterReply,
     Failure,
     LLMGenerator,
     LLMOptions,
@@ -58,7 +58,7 @@ class OpenAIGenerator(LLMGenerator):
             "disable_thinking": self.disable_thinking,
         }
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> Completion:
+    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
@@ -73,7 +73,7 @@ class OpenAIGenerator(LLMGenerator):
         )
         return self._read(response)
 
-    def _read(self, response: object) -> Completion:
+    def _read(self, response: object) -> WriterReply:
         choices = field_of(response, "choices")
         if not isinstance(choices, list) or not choices:
             raise MalformedResponse(f"no choices in {type(response).__name__}")
@@ -89,7 +89,7 @@ class OpenAIGenerator(LLMGenerator):
             token_count(usage, "completion_tokens"),
         )
         served = field_of(response, "model")
-        return Completion(
+        return WriterReply(
             text=content or "",  # None (e.g. cut off while thinking) is judged as empty by _check
             model=served if isinstance(served, str) and served else self.model,
             input_tokens=input_tokens or 0,

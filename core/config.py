@@ -1,0 +1,34 @@
+"""Typed dataclass configs from TOML tables or JSON objects: unknown keys are refused by name,
+lists become tuples, nested dataclass fields are built from nested tables."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields, is_dataclass
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def from_table(cls, table: dict, where: str):
+    """`cls(**table)`, checked: `[where]: unknown key(s) ...` names what is wrong."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table, not {type(table).__name__}")
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in table.items():
+        kind = hints[name]
+        if is_dataclass(kind) and isinstance(value, dict):
+            value = from_table(kind, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value) if typing.get_origin(kind) is not list else value
+        values[name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None

@@ -1,0 +1,15 @@
+"""Reading a corpus that `python -m data.build` wrote: one JSONL file per split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
+    """The rows of one split of a corpus written by `data.build`."""
+    path = Path(corpus_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

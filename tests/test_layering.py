@@ -1,0 +1,56 @@
+"""The import order the README draws is the code's: a package imports only packages below it.
+
+    core  <  data  <  models  <  train  <  export  <  compress  <  app
+
+core holds what every stage shares (artifacts, CLI and config helpers); data the facts, the Plus
+Codes, the prompt format and the corpus; models tokenizers, loading, shapes, checkpoints and
+generation (backends/ included); train the one training loop, its losses and the proxy teacher;
+export the file formats; compress the surgery, evaluation and the pipeline; app the page and API.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("core", "data", "models", "train", "export", "compress", "app")
+
+
+def _modules():
+    for package in ORDER:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            yield package, path
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every project module `path` imports, at any depth of the file (function bodies too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return [(line, name) for line, name in found if name.split(".")[0] in ORDER]
+
+
+def test_every_package_imports_only_packages_below_it():
+    wrong = []
+    for package, path in _modules():
+        rank = ORDER.index(package)
+        for line, name in _imports(path):
+            target = name.split(".")[0]
+            if ORDER.index(target) > rank:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {name} ({package} sits below {target})")
+    assert not wrong, "imports against the declared order:\n" + "\n".join(wrong)
+
+
+def test_the_layering_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from compress.run import main\n")
+    assert _imports(bad) == [(2, "compress.run")]
+
+
+def test_no_module_of_ours_sits_outside_the_declared_packages():
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages - {"tests", "bench"} == set(ORDER)
