@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv and run the main job: the tour guide's page and HTTP API on the
 #               shipped default model (models/tour-guide-demo.gguf), offline, at http://127.0.0.1:7860/
-#   make test   install into .venv with the test extras and run the whole test suite
+#   make test   install into .venv with the test extras, lint (ruff) and run the whole test suite
 # Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes.
 #   make pipeline  the whole compression pipeline on the micro preset, about two minutes
 
@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 OUT    ?= out
 WEB    := app/web/node_modules/.installed
 
-.PHONY: demo pipeline test install install-dev clean
+.PHONY: demo pipeline test lint install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,13 @@ pipeline: install
 	$(PY) -m compress.run --config configs/micro.toml --runs-dir $(OUT)/runs
 
 test: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
+
+lint: install-dev
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache app/web/node_modules

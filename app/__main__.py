@@ -8,10 +8,18 @@ models/tour-guide-demo.gguf, through llama.cpp: no network needed.
 from __future__ import annotations
 
 import argparse
-import os
+import secrets
 import sys
+import threading
+import time
 from pathlib import Path
 
+import uvicorn
+from gradio.networking import setup_tunnel
+
+from app.page import Guides
+from app.server import create_app
+from core.cli import fail
 from models.backends import KINDS, BackendError, detect_kind
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tour-guide-demo.gguf"
@@ -33,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def guides_from(args):
-    from app.page import Guides
-
     offered = {}
     for spec in args.model or [str(DEFAULT_MODEL)]:
         kind, _, model = spec.partition(":") if spec.split(":", 1)[0] in KINDS else (args.backend, "", spec)
@@ -49,22 +55,14 @@ def guides_from(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline app
-    import uvicorn
-
-    from app.server import create_app
-
     args = build_parser().parse_args(argv)
     try:
         app = create_app(guides_from(args), tiles=args.tiles)
     except (BackendError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(f"Offline Tour Guide on http://{args.host}:{args.port}/", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     if args.share:
-        import threading
-
         threading.Thread(target=share, args=(server, args.port), daemon=True).start()
     server.run()
     return 0
@@ -73,11 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 def share(server, port: int) -> None:
     """A public gradio.live link to this server through Gradio's tunnel, as `launch(share=True)`
     makes one (the page is mounted, not launched, so the tunnel is opened here). Needs internet."""
-    import secrets
-    import time
-
-    from gradio.networking import setup_tunnel
-
     while not server.started:
         time.sleep(0.1)
     try:

@@ -18,6 +18,7 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.service import RequestError, TourGuide, TourRequest
 
@@ -78,8 +79,6 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
         parsed = await _read_request(request)
         if isinstance(parsed, JSONResponse):
             return parsed
-        from starlette.concurrency import run_in_threadpool
-
         try:
             answer = await run_in_threadpool(guide.answer, parsed)
         except Exception as exc:  # a backend failure must not take the server down

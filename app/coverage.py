@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.artifacts import write_json
+from core.cli import fail
+from data.corpus import read_split
 from data.geo import Place, distance_m
+from data.poi import SYDNEY, load_pois
 
 # A pin within this distance of a known POI is "at" it: a 10-digit cell is ~14 m, and people drop
 # pins on a building's roof, not on the surveyed point. Beyond it the app offers the nearest one.
@@ -58,9 +62,6 @@ class Coverage:
 
 def coverage_from_corpus(corpus: str | Path, pois: str | Path, split: str = "train") -> list[KnownPlace]:
     """The POIs of every cell the corpus's `split` teaches."""
-    from data.corpus import read_split
-    from data.poi import load_pois
-
     by_id = {p.id: p for p in load_pois(pois)}
     seen: dict[str, KnownPlace] = {}
     for row in read_split(corpus, split):
@@ -73,10 +74,6 @@ def coverage_from_corpus(corpus: str | Path, pois: str | Path, split: str = "tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataclasses import asdict
-
-    from data.poi import SYDNEY
-
     parser = argparse.ArgumentParser(prog="python -m app.coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="the corpus the model was trained on")
     parser.add_argument("--pois", default=str(SYDNEY), help="the POI file the corpus was built from")
@@ -86,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         places = coverage_from_corpus(args.corpus, args.pois, args.split)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from core.artifacts import write_atomic
-
-    write_atomic(args.out, json.dumps({"corpus": str(args.corpus), "split": args.split,
-                                       "places": [asdict(p) for p in places]}, indent=1, ensure_ascii=False) + "\n")
+        return fail(exc)
+    write_json(args.out, {"corpus": str(args.corpus), "split": args.split, "places": [asdict(p) for p in places]},
+               ensure_ascii=False)
     print(f"{len(places)} known places -> {args.out}")
     return 0
 

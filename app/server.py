@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+import gradio as gr
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -13,8 +16,6 @@ SYDNEY = (-33.8688, 151.2093)
 
 def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, float] = SYDNEY, zoom: int = 12) -> FastAPI:
     """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /."""
-    import gradio as gr
-
     if not (LIB / "leaflet" / "dist" / "leaflet.js").is_file():
         raise FileNotFoundError(f"no Leaflet under {LIB}: run `npm install --prefix app/web` (the set-up command does)")
     guide = guides.get(guides.default)  # the API answers with the default model; load it before serving
@@ -22,8 +23,6 @@ def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, fl
 
     @app.get("/coverage")
     def coverage() -> dict:
-        from dataclasses import asdict
-
         return {"places": [asdict(p) for p in guide.coverage.places] if guide.coverage else []}
 
     @app.get("/page-config")

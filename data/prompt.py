@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from data.vocab import check_interests, check_style
 
 SYSTEM_PROMPT = (
@@ -87,8 +89,6 @@ def render_template(template: str | None, messages: list[dict[str, str]]) -> str
     No template: our ChatML."""
     if not template:
         return render_chatml(messages)
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message: str):
         raise ValueError(f"chat template: {message}")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -29,7 +30,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import gguf
+import llama_cpp
 import numpy as np
+from safetensors import safe_open
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from core.artifacts import atomic_path
+from models.tokenizer import QWEN2_SPLIT
 
 # Names the CLI accepts, with the GGUF file type each one declares.
 NUMPY_QUANTS = ("f32", "f16", "bf16", "q8_0")
@@ -60,16 +69,8 @@ class GGUFReport:
         return "\n".join(lines)
 
 
-def _gguf():
-    try:
-        import gguf
-    except ImportError as exc:  # an optional extra
-        raise GGUFExportError("the gguf package is missing: pip install gguf (a dependency of this project)") from exc
-    return gguf
-
-
 def _file_type(quant: str) -> int:
-    ftype = _gguf().LlamaFileType
+    ftype = gguf.LlamaFileType
     return {
         "f32": ftype.ALL_F32, "f16": ftype.MOSTLY_F16, "bf16": ftype.MOSTLY_BF16, "q8_0": ftype.MOSTLY_Q8_0,
         "q4_k_m": ftype.MOSTLY_Q4_K_M, "q5_k_m": ftype.MOSTLY_Q5_K_M, "q6_k": ftype.MOSTLY_Q6_K,
@@ -77,7 +78,7 @@ def _file_type(quant: str) -> int:
 
 
 def _tensor_type(quant: str):
-    qtype = _gguf().GGMLQuantizationType
+    qtype = gguf.GGMLQuantizationType
     return {"f32": qtype.F32, "f16": qtype.F16, "bf16": qtype.BF16, "q8_0": qtype.Q8_0}[quant]
 
 
@@ -114,10 +115,6 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
     """The vocabulary as llama.cpp's BPE tokenizer wants it: every id up to the model's vocab size
     (ids the tokenizer never produces become unused padding entries, as for Qwen3's 151936 rows),
     token types, merges, special ids and the chat template."""
-    from transformers import AutoTokenizer
-
-    from models.tokenizer import QWEN2_SPLIT
-
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         raise GGUFExportError(f"no tokenizer.json in {model_dir}: GGUF needs the fast tokenizer's vocabulary")
@@ -129,7 +126,6 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
     if patterns != [QWEN2_SPLIT]:
         raise GGUFExportError(f"pre-tokenizer split {patterns} is not Qwen2's; llama.cpp would split text differently")
 
-    gguf = _gguf()
     by_id: dict[int, tuple[str, int]] = {i: (t, gguf.TokenType.NORMAL) for t, i in model["vocab"].items()}
     for added in spec.get("added_tokens", []):
         kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
@@ -162,8 +158,6 @@ def _pre_tokenizer_steps(spec: dict) -> list[dict]:
 
 def checkpoint_tensors(model_dir: Path):
     """(name, lazy loader) for every tensor in the checkpoint's safetensors files."""
-    from safetensors import safe_open
-
     index = model_dir / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     for name in files:
@@ -191,7 +185,6 @@ def gguf_name(hf_name: str, name_map) -> str:
 def _quantized(array: np.ndarray, quant: str):
     """(data, raw type) of one tensor. Norm weights and other vectors stay f32 as in llama.cpp's
     own converter; a matrix whose rows do not split into q8_0's 32-value blocks is stored f16."""
-    gguf = _gguf()
     if array.ndim < 2 or quant == "f32":
         return array.astype(np.float32), gguf.GGMLQuantizationType.F32
     qtype = _tensor_type(quant)
@@ -204,24 +197,27 @@ def _quantized(array: np.ndarray, quant: str):
 def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", progress: bool = True) -> Path:
     """Write the checkpoint as one GGUF in a type gguf's numpy code quantizes (f32, f16, bf16,
     q8_0). The file appears only once complete."""
-    from tqdm import tqdm
-
-    gguf = _gguf()
     if quant not in NUMPY_QUANTS:
         raise GGUFExportError(f"write_gguf quantizes {', '.join(NUMPY_QUANTS)}; use export_gguf for {quant}")
     model_dir, out = Path(model_dir), Path(out)
     config = read_config(model_dir)
-    layers = config["num_hidden_layers"]
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
     rope = rope_settings(config)
     vocab = tokenizer_metadata(model_dir, config["vocab_size"])
     tied = bool(config.get("tie_word_embeddings", False))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(partial), "qwen3", use_temp_file=True)
+    with atomic_path(out) as partial:
+        writer = gguf.GGUFWriter(str(partial), "qwen3", use_temp_file=True)
+        try:
+            _write_all(writer, model_dir, config, quant, vocab, rope, tied, progress)
+        finally:
+            writer.close()
+    return out
+
+
+def _write_all(writer, model_dir: Path, config: dict, quant: str, vocab: dict, rope: dict, tied: bool,
+               progress: bool) -> None:
+    layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
     writer.add_name(model_dir.resolve().name)
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(hidden)
@@ -262,49 +258,33 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", progr
         array = load().float().numpy()
         data, qtype = _quantized(array, quant)
         writer.add_tensor(gguf_name(hf_name, name_map), data, raw_dtype=qtype)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
-    return out
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
 
 
 def llama_quantize(source: Path, out: Path, quant: str, threads: int | None = None) -> None:
     """llama.cpp's own quantizer (the code behind `llama-quantize`) through llama-cpp-python."""
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise GGUFExportError(f"{quant} needs llama-cpp-python: pip install llama-cpp-python (a dependency of this project)") from exc
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _file_type(quant)
     params.nthread = threads or os.cpu_count() or 1
-    partial = out.with_name(out.name + ".partial")
     # llama.cpp logs a line per tensor; what each tensor became is read back from the file and
     # reported by export_gguf instead.
-    import logging
-
     log = logging.getLogger("llama-cpp-python")
     level = log.level
     log.setLevel(logging.ERROR)
-    try:
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
-    finally:
-        log.setLevel(level)
-    if status != 0 or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        raise GGUFExportError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
-    os.replace(partial, out)
+    with atomic_path(out) as partial:
+        try:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+        finally:
+            log.setLevel(level)
+        if status != 0 or not partial.is_file():
+            raise GGUFExportError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
 
 
 def tensor_types(path: str | Path) -> dict[str, str]:
     """GGUF tensor name -> the GGML type it is stored in, read back from the file."""
-    reader = _gguf().GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(path))
     return {t.name: t.tensor_type.name for t in reader.tensors}
 
 
@@ -347,7 +327,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", prog
             write_gguf(model_dir, source, "f32" if _small(model_dir) else "f16", progress)
             out.parent.mkdir(parents=True, exist_ok=True)
             llama_quantize(source, out, quant, threads)
-    reader = _gguf().GGUFReader(str(out))
+    reader = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     rows = {t.name: int(t.shape[0]) if len(t.shape) > 1 else 1 for t in reader.tensors}  # gguf shape: ne0 = row length
     fallbacks, notes = _fallbacks(types, quant, rows)

@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.artifacts import atomic_dir
+
 PRECISIONS = ("fp32", "int8", "int4")
 
 
@@ -50,16 +52,21 @@ def export_onnx(model_dir: str | Path, out: str | Path, precision: str = "fp32",
     """Build an onnxruntime-genai folder (model.onnx + weights + genai_config.json + tokenizer)."""
     if precision not in PRECISIONS:
         raise OnnxExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    try:
-        import onnxruntime_genai  # noqa: F401  (the builder ships inside it)
-    except ImportError as exc:
-        raise OnnxExportError("export.onnx needs onnxruntime-genai: pip install 'offline-tour-guide[onnx]'") from exc
     model_dir, out = Path(model_dir).resolve(), Path(out)
     if not (model_dir / "config.json").is_file():
         raise OnnxExportError(f"no config.json in {model_dir}: not a checkpoint directory")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    with atomic_dir(out) as partial:
+        seconds = _build(model_dir, partial, precision, extra_options, cache_dir, out.with_name(out.name + ".build.log"))
+        _write_card(partial, model_dir, precision)
+    files = [p for p in out.iterdir() if p.is_file()]
+    weights = [p for p in files if p.name.startswith("model.onnx")]
+    return OnnxReport(str(out), precision, sum(p.stat().st_size for p in files),
+                      sum(p.stat().st_size for p in weights), seconds, str(out / "build.log"))
+
+
+def _build(model_dir: Path, partial: Path, precision: str, extra_options: dict | None, cache_dir, failed_log: Path) -> float:
+    """The builder in a child process (it calls sys.exit and leaks memory), its log in the folder;
+    a failed build's log is kept at `failed_log`, since the folder does not survive."""
     log_path = partial / "build.log"
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(partial),
                "-p", precision, "-e", "cpu", "-c", str(cache_dir or partial / ".cache")]
@@ -72,18 +79,12 @@ def export_onnx(model_dir: str | Path, out: str | Path, precision: str = "fp32",
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.perf_counter() - start
     if done.returncode != 0 or not (partial / "genai_config.json").is_file():
+        shutil.copyfile(log_path, failed_log)
         tail = log_path.read_text(errors="replace").splitlines()[-5:]
         raise OnnxExportError(f"the onnxruntime-genai builder failed (exit {done.returncode}); "
-                              f"see {log_path}: {' | '.join(tail)}")
+                              f"see {failed_log}: {' | '.join(tail)}")
     shutil.rmtree(partial / ".cache", ignore_errors=True)
-    _write_card(partial, model_dir, precision)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    files = [p for p in out.iterdir() if p.is_file()]
-    weights = [p for p in files if p.name.startswith("model.onnx")]
-    return OnnxReport(str(out), precision, sum(p.stat().st_size for p in files),
-                      sum(p.stat().st_size for p in weights), seconds, str(out / "build.log"))
+    return seconds
 
 
 def _write_card(folder: Path, source: Path, precision: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from data.prompt import render_prompt
+from models.load import input_device
 
 
 @dataclass
@@ -29,8 +30,6 @@ def generate_batch(
     seed: int = 0,
 ) -> list[Generation]:
     """Answers to several conversations at once (left-padded). Greedy unless temperature > 0."""
-    from models.load import input_device
-
     prompts = [render_prompt(messages, tokenizer) for messages in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

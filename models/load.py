@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 
 class ModelLoadError(RuntimeError):
@@ -146,16 +147,12 @@ def _quantization_config(kind: str | None):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(f"{kind} loading needs bitsandbytes: pip install bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def load_config(name_or_path: str, options: LoadOptions = LoadOptions()):
-    from transformers import AutoConfig
-
     source = check_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(
@@ -170,8 +167,6 @@ def load_config(name_or_path: str, options: LoadOptions = LoadOptions()):
 def load_model(name_or_path: str, options: LoadOptions = LoadOptions()):
     """(model, tokenizer) in eval mode. Checks the architecture from the config before any
     weights are read, so a 60 GB download never ends in 'unsupported'."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     config = load_config(name_or_path, options)
     source = check_source(name_or_path)
     kwargs: dict = {"revision": options.revision, "trust_remote_code": options.trust_remote_code}

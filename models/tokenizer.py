@@ -18,8 +18,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
-from data.prompt import CHAT_TEMPLATE, END_OF_TEXT, IM_END, IM_START
+from core.cli import fail
+from data.corpus import read_split
+from data.prompt import CHAT_TEMPLATE, END_OF_TEXT, IM_END, IM_START, render_chatml
 
 # Qwen2's split pattern: contractions, letter runs with one leading non-letter, single digits,
 # punctuation runs, newlines, and trailing whitespace kept apart from the next word.
@@ -41,8 +44,6 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
     """A transformers fast tokenizer with ChatML special tokens and chat template."""
-    from transformers import PreTrainedTokenizerFast
-
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size {vocab_size} cannot hold the 256 byte symbols and specials")
     tok = Tokenizer(models.BPE())
@@ -74,9 +75,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
 def corpus_texts(corpus_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> Iterator[str]:
     """Every prompt and target of a corpus built by `python -m data.build`, as the model sees
     them: rendered through the chat template, so the template's own words get merges too."""
-    from data.corpus import read_split
-    from data.prompt import render_chatml
-
     for split in splits:
         for row in read_split(corpus_dir, split):
             yield render_chatml(row["messages"]) + row["target"] + IM_END
@@ -92,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tok = train_tokenizer(corpus_texts(args.data), args.vocab_size, args.min_frequency)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     tok.save_pretrained(args.out)
     print(json.dumps({"out": str(args.out), "vocab_size": len(tok)}))
     return 0

@@ -11,8 +11,8 @@ import torch
 
 from compress.calibration import encode_rows, split_rows
 from compress.depth import (BASELINES, PLAN_FILE, Calibration, GuidedConfig, choose_removed, delete_layers,
-                            guided_removal, layers_removed, load_analysis, main as depth_main, make_plan,
-                            save_pruned)
+                            guided_removal, layers_removed, load_analysis, main as depth_main, make_plan)
+from models.checkpoint import save_model_dir
 from models.load import LoadOptions, decoder_layers, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

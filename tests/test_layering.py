@@ -1,4 +1,4 @@
-"""The import order the README draws is the code's: a package imports only packages below it.
+"""The shape of the code: a package imports only packages below it, and no function runs to 100 lines.
 
     core  <  data  <  models  <  train  <  export  <  compress  <  app
 
@@ -54,3 +54,12 @@ def test_the_layering_check_sees_a_violation(tmp_path):
 def test_no_module_of_ours_sits_outside_the_declared_packages():
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
     assert packages - {"tests", "bench"} == set(ORDER)
+
+
+def test_no_function_of_a_hundred_lines():
+    long = []
+    for _, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 100:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "split these:\n" + "\n".join(long)

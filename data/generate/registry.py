@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.generate.base import Generator
+from data.generate.template import TemplateGenerator
 
 BACKENDS = ("template", "anthropic", "openai")
 DEFAULT_CLAUDE = "claude-sonnet-5"
@@ -29,8 +30,6 @@ class WriterOptions:
 
 def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Generator:
     if backend == "template":
-        from data.generate.template import TemplateGenerator
-
         return TemplateGenerator()
     llm_options = dict(
         cache_dir=options.cache_dir,

@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.geo import plus_code_for
 from data.vocab import INTERESTS
 
 MIN_FACTS, MAX_FACTS = 3, 8
@@ -63,8 +64,6 @@ def slugify(name: str) -> str:
 
 def poi_problems(poi: POI, *, min_facts: int = MIN_FACTS, max_facts: int = MAX_FACTS) -> list[str]:
     """Everything wrong with one record; an empty list means it is valid."""
-    from data.geo import plus_code_for  # geo imports nothing from here; local import keeps it so
-
     problems = []
     if not _ID.match(poi.id):
         problems.append(f"id {poi.id!r} is not a lowercase slug")

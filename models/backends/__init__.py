@@ -43,6 +43,8 @@ def open_backend(kind: str | None, model: str, **options) -> Backend:
     backend: torch `device`, `dtype`; llamacpp `n_ctx`, `threads`, `gpu_layers`; openai
     `base_url`, `api_key`."""
     kind = kind or detect_kind(model)
+    # Each runtime module imports its own engine, so serving a GGUF or an ONNX folder never loads
+    # torch and the openai SDK stays optional.
     if kind == "torch":
         from models.backends.torch_runtime import TorchBackend as cls
     elif kind == "llamacpp":

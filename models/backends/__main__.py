@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from core.cli import fail
 from data.geo import GeoError, parse
 from data.vocab import INTERESTS, STYLES
 from models.backends import KINDS, BackendError, GenerationOptions, open_backend
@@ -47,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             options["extra_body"] = json.loads(args.extra_body)
         except ValueError as exc:
-            print(f"error: --extra-body is not JSON: {exc}", file=sys.stderr)
-            return 2
+            return fail(f"--extra-body is not JSON: {exc}")
     try:
         place = parse(args.where)
         query = TourQuery(place.plus_code, place.short_code, place.locality,
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         generation = GenerationOptions(args.temperature, args.top_p, args.max_tokens, tuple(args.stop), args.seed)
         backend = open_backend(args.backend, args.model, **options)
     except (GeoError, ValueError, BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     with backend:
         try:
             if args.json:

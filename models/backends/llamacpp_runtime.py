@@ -11,8 +11,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
+import llama_cpp
+from gguf import GGUFReader
+
 from data.prompt import render_template
+from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
 
 
 class LlamaCppBackend(Backend):
@@ -22,11 +25,6 @@ class LlamaCppBackend(Backend):
         super().__init__(model)
         if not Path(model).is_file():
             raise BackendError(f"no GGUF file at {model}")
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise BackendError("the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python (a dependency of this project)") from exc
-        self._llama_cpp = llama_cpp
         # llama.cpp's threads meet at spinning OpenMP barriers each layer: one thread per physical core
         # (half the logical CPUs, as llama.cpp's own tools assume), since a thread sharing a core
         # with other work stalls all the others. Measured here (2 vCPUs, another process busy):
@@ -51,7 +49,7 @@ class LlamaCppBackend(Backend):
 
     def _is_end(self, token: int) -> bool:
         # End-of-generation per the vocabulary: <|im_end|>, <|endoftext|> and friends.
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
         prompt = render_template(self.template, messages)
@@ -91,11 +89,9 @@ class LlamaCppBackend(Backend):
 def _trained_context(path: str) -> int | None:
     """`<arch>.context_length` from the GGUF header, read without loading the weights."""
     try:
-        from gguf import GGUFReader
-
         reader = GGUFReader(path)
         arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
         field = reader.fields.get(f"{arch}.context_length")
         return int(field.parts[-1][0]) if field is not None else None
-    except (ImportError, KeyError, ValueError, OSError):
+    except (KeyError, ValueError, OSError):
         return None

@@ -8,8 +8,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces
+import onnxruntime_genai as og
+
 from data.prompt import render_template
+from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces
 
 
 class OnnxBackend(Backend):
@@ -21,11 +23,6 @@ class OnnxBackend(Backend):
         config_path = folder / "genai_config.json"
         if not config_path.is_file():
             raise BackendError(f"no genai_config.json in {model}: build one with python -m export.onnx")
-        try:
-            import onnxruntime_genai as og
-        except ImportError as exc:
-            raise BackendError("the onnx backend needs onnxruntime-genai: pip install 'offline-tour-guide[onnx]'") from exc
-        self._og = og
         self.config = json.loads(config_path.read_text())
         try:
             self.net = og.Model(og.Config(str(folder)))
@@ -38,7 +35,6 @@ class OnnxBackend(Backend):
         self._lock = threading.Lock()
 
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
-        og = self._og
         ids = self.tokenizer.encode(render_template(self.template, messages))
         state.prompt_tokens = len(ids)
         if len(ids) >= self.context:

@@ -87,7 +87,7 @@ class TorchBackend(Backend):
                 state.completion_tokens += 1
                 yield text.push(token)
                 step = torch.tensor([[token]], device=self.device)
-                out = self.net(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+                out = self.net(input_ids=step, cache=out.cache, use_cache=True)
         tail = text.flush()
         if tail:
             yield tail
