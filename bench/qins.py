@@ -441,7 +441,7 @@ def render(report: dict) -> str:
         "QINS stores each weight as a sign and a code s in 1..255 with w = sign · scale / s (scale = the "
         "row's max |w|, code 0 = exact zero), decoded through a 256-entry table, then codes the zero "
         "pattern, signs and codes losslessly (canonical Huffman, length-limited to 15 bits) in one "
-        "checksummed file (`export/qins.py`). Its grid is the reciprocal of a uniform one: levels crowd "
+        "checksummed file (`export/qins/`). Its grid is the reciprocal of a uniform one: levels crowd "
         "near zero (scale/255, scale/254, ...) and thin out towards the row maximum, with nothing between "
         "scale/2 and scale and nothing between scale/3 and scale/2. Neural-network weights are spread "
         "roughly normally with the row maximum several standard deviations out, so most weights fall "
