@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from compress.analyze import analyze, format_table
-from compress.capture import ActivationRecorder, CaptureConfig, collect_samples, run_capture, token_entropy, teacher_sequences
+from compress.capture import (ActivationRecorder, CaptureConfig, Sources, collect_samples, run_capture, token_entropy,
+                              teacher_sequences)
 from compress.stats import Dims, StreamStats, stat_shapes
 from core.artifacts import write_atomic
 from models.load import LoadOptions, decoder_layers, input_device, load_model
@@ -83,8 +84,8 @@ def measure_storage(model_dir: str, corpus: str, work: Path, limit: int, device:
     for fmt in ("pt", "h5", "stats"):
         target = work / fmt
         shutil.rmtree(target, ignore_errors=True)
-        summary = run_capture(CaptureConfig(model=model_dir, data=corpus, output_dir=str(target), format=fmt,
-                                            limit=limit, device=device, batch_size=batch_size), progress=False)
+        summary = run_capture(model_dir, target, Sources(data=corpus), CaptureConfig(
+            format=fmt, limit=limit, batch_size=batch_size), LoadOptions(device=device), progress=False)
         if fmt == "pt":
             data_bytes = sum(p.stat().st_size for p in target.glob("sample_*.safetensors"))
         elif fmt == "h5":
@@ -222,15 +223,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     model, tokenizer = load_model(args.model, LoadOptions(dtype="float32", device=args.device))
-    config = CaptureConfig(model=args.model, output_dir=str(work), data=args.data, limit=args.overhead_samples,
-                           batch_size=args.batch_size)
-    sequences = [inp + out for _, inp, out in teacher_sequences(collect_samples(config), model, tokenizer, config)]
+    config = CaptureConfig(limit=args.overhead_samples, batch_size=args.batch_size)
+    samples = collect_samples(Sources(data=args.data), config.split, config.limit)
+    sequences = [inp + out for _, inp, out in teacher_sequences(samples, model, tokenizer, config)]
     overhead = time_overhead(model, sequences, args.repeats, input_device(model))
     scaled = None
     if args.scale_preset:
         # The same sequences through a randomly initialised model of a bigger preset's shape:
         # timing depends on shapes, not weights, and shows how the overhead shrinks with size.
-        from models.proxy import PRESETS, qwen3_config
+        from train.proxy import PRESETS, qwen3_config
         from transformers import Qwen3ForCausalLM
 
         torch.manual_seed(0)
@@ -258,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 
     analysis_dir = work / "analysis"
     shutil.rmtree(analysis_dir, ignore_errors=True)
-    run_capture(CaptureConfig(model=args.model, data=args.data, output_dir=str(analysis_dir),
-                              limit=args.analysis_samples, device=args.device, batch_size=args.batch_size),
-                progress=True)
+    run_capture(args.model, analysis_dir, Sources(data=args.data),
+                CaptureConfig(limit=args.analysis_samples, batch_size=args.batch_size), LoadOptions(device=args.device))
     analysis = analyze(analysis_dir)
     out = Path(args.out)
     stem = out.stem

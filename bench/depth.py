@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from compress.analyze import analyze
-from compress.capture import CaptureConfig, run_capture
+from compress.capture import CaptureConfig, Sources, run_capture
 from compress.depth import (BASELINES, PLAN_FILE, GuidedConfig, calibration_for, make_plan, prune_to_dir)
 from compress.evaluate import COLUMNS, HIGHER_IS_BETTER, EvalConfig, Evaluation, evaluate
 from core.artifacts import write_atomic
@@ -308,7 +308,7 @@ def teacher_training(teacher: str) -> str | None:
     limit = f" --max-minutes {t['train_seconds'] / 60:.1f}" if early else ""
     recall = t.get("recall_train", {}).get("fact_recall")
     machine = f" on {t['machine']}" if t.get("machine") else ""
-    return (f"`python -m models.proxy --preset {preset['name']} --data out/corpus --out {teacher} --device {t.get('device', 'cpu')}{limit}` "
+    return (f"`python -m train.proxy --preset {preset['name']} --data out/corpus --out {teacher} --device {t.get('device', 'cpu')}{limit}` "
             f"({t['train_seconds'] / 60:.1f} min{machine}{stopped}; val loss {t['val_loss']}"
             + (f", fact recall on train places {recall:.3f}" if recall is not None else "") + ")")
 
@@ -346,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = Path(args.work)
     capture_dir = work / "capture"
-    run_capture(CaptureConfig(model=args.teacher, data=args.data, output_dir=str(capture_dir),
-                              limit=args.capture_samples, device=args.device, dtype="float32",
-                              batch_size=args.batch_size))
+    run_capture(args.teacher, capture_dir, Sources(data=args.data),
+                CaptureConfig(limit=args.capture_samples, batch_size=args.batch_size),
+                LoadOptions(dtype="float32", device=args.device))
     analysis = analyze(capture_dir)
     teacher, tokenizer = load_model(args.teacher, LoadOptions(dtype="float32", device=args.device))
     n = len(decoder_layers(teacher))
@@ -357,11 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     students = build_students(teacher, tokenizer, analysis, args.data, work, counts, args.seeds, guided)
 
     splits = ["test", "known"]
-    config = EvalConfig(args.data, str(work / "eval"), tuple(splits), args.limit, args.max_new_tokens,
-                        batch_size=args.batch_size, latency_queries=args.latency_queries, pois=args.pois,
-                        device=args.device)
-    evaluation = Evaluation.open(args.teacher, config, loaded=(teacher, tokenizer))
-    metrics = evaluate(args.teacher, {k: v["path"] for k, v in students.items()}, config, evaluation=evaluation)
+    config = EvalConfig(tuple(splits), args.limit, args.max_new_tokens, batch_size=args.batch_size,
+                        latency_queries=args.latency_queries)
+    evaluation = Evaluation.open(args.teacher, args.data, config, args.pois,
+                                 LoadOptions(dtype="float32", device=args.device), loaded=(teacher, tokenizer))
+    metrics = evaluate(evaluation, {k: v["path"] for k, v in students.items()}, work / "eval")
     from compress.evaluate import write_report
 
     write_report(metrics, work / "eval", title=f"Depth pruning students of {args.teacher}")

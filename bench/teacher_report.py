@@ -1,7 +1,7 @@
 """Render a proxy teacher's training report (training.json) into docs/results/teacher-<preset>.md
 with its loss curves.
 
-    python -m models.proxy --preset demo --data out/corpus --out out/teacher-demo --max-minutes 43
+    python -m train.proxy --preset demo --data out/corpus --out out/teacher-demo --max-minutes 43
     python -m bench.teacher_report out/teacher-demo
 """
 
@@ -46,7 +46,7 @@ def render(report: dict, model_dir: str, plot_name: str) -> str:
     lines = [
         f"# Proxy teacher `{p['name']}`",
         "",
-        f"Commands: `python -m models.proxy --preset {p['name']} --data out/corpus --out {model_dir}` "
+        f"Commands: `python -m train.proxy --preset {p['name']} --data out/corpus --out {model_dir}` "
         f"then `python -m bench.teacher_report {model_dir}`.  ",
         f"Machine: {report.get('machine') or platform.machine() + f', {os.cpu_count()} CPUs'}; device {report['device']}.",
         "",

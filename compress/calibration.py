@@ -55,7 +55,7 @@ class ForcedSequence:
 
 
 def encode_rows(rows: list[dict], tokenizer, max_length: int = 512) -> list[ForcedSequence]:
-    from models.proxy import encode_row
+    from train.batches import encode_row
 
     sequences = []
     for row in rows:

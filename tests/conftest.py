@@ -16,15 +16,15 @@ def tiny_corpus(tmp_path_factory) -> Path:
     from data.sampling import SamplingConfig
 
     out = tmp_path_factory.mktemp("corpus")
-    build(BuildConfig(out=out, pois=(FIXTURES / "pois_small.jsonl",), progress=False,
-                      sampling=SamplingConfig(samples_per_cell=8, val_fraction=0.2, test_fraction=0.2)))
+    build(BuildConfig(pois=(FIXTURES / "pois_small.jsonl",),
+                      sampling=SamplingConfig(samples_per_cell=8, val_fraction=0.2, test_fraction=0.2)), out, progress=False)
     return out
 
 
 @pytest.fixture(scope="session")
 def micro_teacher(tiny_corpus, tmp_path_factory) -> Path:
     """The micro proxy teacher, trained through its CLI exactly as the README says."""
-    from models.proxy import main
+    from train.proxy import main
 
     out = tmp_path_factory.mktemp("teacher")
     assert main(["--preset", "micro", "--data", str(tiny_corpus), "--out", str(out),
@@ -36,11 +36,11 @@ def micro_teacher(tiny_corpus, tmp_path_factory) -> Path:
 def micro_analysis(micro_teacher, tiny_corpus, tmp_path_factory) -> Path:
     """A stats capture of the micro teacher on eight train samples, analysed (analysis.json)."""
     from compress.analyze import analyze
-    from compress.capture import CaptureConfig, run_capture
+    from compress.capture import CaptureConfig, Sources, run_capture
 
     out = tmp_path_factory.mktemp("capture")
-    run_capture(CaptureConfig(model=str(micro_teacher), data=str(tiny_corpus), output_dir=str(out), limit=8,
-                              max_new_tokens=24), progress=False)
+    run_capture(str(micro_teacher), out, Sources(data=str(tiny_corpus)), CaptureConfig(limit=8, max_new_tokens=24),
+                progress=False)
     analyze(out, plots=False)
     return out
 

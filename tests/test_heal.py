@@ -7,9 +7,10 @@ import torch
 
 from compress import heal as heal_module
 from compress.depth import delete_layers
-from compress.heal import (HealConfig, heal, kd_loss, layer_pairs, procrustes, restrict_scores, schedule_sizes)
+from compress.heal import HealConfig, heal, procrustes, restrict_scores, schedule_sizes
 from compress.width import importance_scores, prune_width
 from models.load import LoadOptions, load_model
+from train.losses import kd_loss, layer_pairs
 
 FAST = dict(epochs=1, max_steps=6, eval_every=2, batch_size=4, eval_samples=4, warmup=1, lr=3e-3)
 

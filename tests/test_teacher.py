@@ -10,7 +10,8 @@ import torch
 from models.load import (
     LoadOptions, ModelLoadError, UnsupportedArchitecture, decoder_layers, layer_parts, load_model,
 )
-from models.proxy import PRESETS, batch_for_step, train_proxy
+from train.batches import batch_for_step
+from train.proxy import PRESETS, train_proxy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -142,7 +143,7 @@ def test_training_is_deterministic_and_a_killed_run_resumes_to_the_same_weights(
 
 
 def test_proxy_cli_rejects_a_missing_corpus(tmp_path, capsys):
-    from models.proxy import main
+    from train.proxy import main
 
     assert main(["--preset", "micro", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 2
     assert "python -m data.build" in capsys.readouterr().err
