@@ -5,6 +5,12 @@ shapes of a 32B teacher can be planned on a laptop."""
 from __future__ import annotations
 
 import copy
+import math
+
+
+class ShapeError(ValueError):
+    """Widths that no config of this architecture can hold; the message names the rule."""
+
 
 def parameter_count(config) -> int:
     """Parameters of a Qwen3 / Qwen2 / Llama decoder from its config alone (no weights), so the
@@ -30,6 +36,47 @@ def alignment(size: int) -> int:
     """The multiple a pruned width is rounded to: 256 for big widths (llama.cpp's k-quant blocks
     hold 256 values per row, so Q4_K needs rows that are multiples of 256), 32 or 8 below."""
     return 256 if size >= 2048 else 32 if size >= 256 else 8
+
+
+def needs_divisible_hidden(config) -> bool:
+    """Whether the architecture's config demands hidden_size % num_attention_heads == 0 (Llama's
+    does, even with an explicit head_dim; Qwen3's does not)."""
+    return config.model_type in ("llama", "qwen2")
+
+
+def hidden_step(config, full: int, heads: int) -> int:
+    """What a pruned hidden size must be a multiple of: the alignment, and the head count where the
+    config demands it (lcm: 9 heads and 32-alignment give 288)."""
+    step = alignment(full)
+    return math.lcm(step, heads) if needs_divisible_hidden(config) else step
+
+
+def shape_problems(config, sizes: dict[str, int]) -> list[str]:
+    """Everything wrong with pruning `config` to `sizes` (keys of BUDGET_AXES), checked before any
+    surgery: whole KV groups, sizes within the model's, and the config class's own validation."""
+    new = {axis: sizes.get(axis, getattr(config, CONFIG_FIELD[axis])) for axis in CONFIG_FIELD}
+    problems = [f"{axis} {size} is not between 1 and the model's {getattr(config, CONFIG_FIELD[axis])}"
+                for axis, size in new.items() if not 1 <= size <= getattr(config, CONFIG_FIELD[axis])]
+    if new["heads"] % new["kv_heads"]:
+        problems.append(f"{new['heads']} query heads do not fill {new['kv_heads']} KV groups evenly")
+    elif new["heads"] // new["kv_heads"] > config.num_attention_heads // config.num_key_value_heads:
+        problems.append(f"{new['heads'] // new['kv_heads']} query heads per KV group: the model has only "
+                        f"{config.num_attention_heads // config.num_key_value_heads}")
+    if needs_divisible_hidden(config) and new["hidden"] % new["heads"]:
+        problems.append(f"hidden {new['hidden']} is not a multiple of the {new['heads']} query heads, which a "
+                        f"{config.model_type} config requires")
+    if not problems:
+        try:  # the architecture's own rules, whatever else they are
+            type(config)(**shrunk_config(config, sizes).to_dict())
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{type(config).__name__} refuses these sizes: {str(exc).strip().splitlines()[-1]}")
+    return problems
+
+
+def check_shape(config, sizes: dict[str, int]) -> None:
+    problems = shape_problems(config, sizes)
+    if problems:
+        raise ShapeError("; ".join(problems))
 
 
 def parse_count(text: str | float | int) -> int:
@@ -79,10 +126,12 @@ def solve_budget(config, params: int, axes: tuple[str, ...] = ("hidden", "ffn"))
             sizes["heads"] = per_group * kv
         elif "kv_heads" in axes:
             sizes["heads"] = kv * (config.num_attention_heads // config.num_key_value_heads)
-        for axis in ("hidden", "ffn"):
-            if axis in axes:
-                step = alignment(full[axis])
-                sizes[axis] = max(step, int(full[axis] * ratio) // step * step)
+        if "ffn" in axes:
+            step = alignment(full["ffn"])
+            sizes["ffn"] = max(step, int(full["ffn"] * ratio) // step * step)
+        if "hidden" in axes:
+            step = hidden_step(config, full["hidden"], sizes.get("heads", config.num_attention_heads))
+            sizes["hidden"] = max(step, int(full["hidden"] * ratio) // step * step)
         return sizes
 
     for k in range(1000, 0, -1):  # ratios 0.999 .. 0.001: the first that fits is the largest
