@@ -28,10 +28,12 @@ from pathlib import Path
 
 import llama_cpp
 import torch
+from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.artifacts import atomic_dir, atomic_path, sha256_file, write_json
 from core.cli import fail
+from models.tokenizer import SPLITS, pre_tokenizer_for
 
 PRETRAINED_FILE = "pretrained.json"
 # Texts whose token ids llama.cpp and the converted tokenizer must agree on: ChatML specials,
@@ -115,6 +117,11 @@ def convert(gguf_path: Path, out: Path) -> None:
     """A plain float32 safetensors checkpoint of a GGUF, with its tokenizer and chat template."""
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # transformers' GGUF reader rebuilds the split as plain GPT-2 byte-level; the file names the
+    # split llama.cpp applies (SmolLM2's `smollm`: single digits first), so that is what we write.
+    split = gguf_field(gguf_path, "tokenizer.ggml.pre")
+    if split in SPLITS:
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizer_for(split)
     # The weights are dequantized now; the GGUF marker would only make save_pretrained refuse.
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
@@ -125,6 +132,11 @@ def convert(gguf_path: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+
+
+def gguf_field(path: Path, key: str):
+    field = GGUFReader(str(path)).fields.get(key)
+    return field.contents() if field is not None else None
 
 
 def llama_cpp_token_ids(gguf_path: Path, texts) -> list[list[int]]:

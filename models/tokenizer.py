@@ -33,7 +33,15 @@ QWEN2_SPLIT = (
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
 
 
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+# How text is split before BPE, by llama.cpp's name for it: Qwen2's regex then bytes (Qwen3), or
+# single digits then byte-level with GPT-2's regex (SmolLM2).
+SPLITS = ("qwen2", "smollm")
+
+
+def pre_tokenizer_for(split: str) -> pre_tokenizers.PreTokenizer:
+    if split == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
@@ -42,12 +50,14 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, split: str = "qwen2"):
     """A transformers fast tokenizer with ChatML special tokens and chat template."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size {vocab_size} cannot hold the 256 byte symbols and specials")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = pre_tokenizer_for(split)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(

@@ -142,11 +142,11 @@ def test_k_quant_used_where_rows_allow(micro_teacher, tmp_path):
 
 
 def test_refuses_other_architectures_and_leaves_no_partial_file(micro_teacher, tmp_path):
-    broken = tmp_path / "llama"
+    broken = tmp_path / "mistral"
     broken.mkdir()
     config = json.loads((micro_teacher / "config.json").read_text())
-    (broken / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(GGUFExportError, match="Qwen3ForCausalLM only"):
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
+    with pytest.raises(GGUFExportError, match="writes Qwen3ForCausalLM, LlamaForCausalLM"):
         export_gguf(broken, tmp_path / "x.gguf", "f16", progress=False)
     with pytest.raises(GGUFExportError, match="unknown quant"):
         export_gguf(micro_teacher, tmp_path / "x.gguf", "q3_k", progress=False)

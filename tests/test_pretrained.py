@@ -5,9 +5,15 @@ import json
 import subprocess
 import sys
 
+import llama_cpp
 import pytest
+import torch
 from transformers import AutoConfig
 
+from conftest import tour_queries
+from data.prompt import build_messages, render_prompt
+from export.gguf import export_gguf
+from models.load import load_model
 from models.pretrained import PRETRAINED_FILE, SOURCES, PretrainedError, fetch_file, prepare
 
 
@@ -52,3 +58,18 @@ def test_unknown_names_are_refused_by_the_cli():
     assert done.returncode == 2 and "invalid choice" in done.stderr
     with pytest.raises(PretrainedError, match="unknown pretrained model"):
         prepare("gpt-17")
+
+
+def test_its_gguf_tokenizes_and_answers_like_torch(smollm2, tmp_path):
+    """The real checkpoint through export.gguf: llama.cpp's token ids and greedy answer are torch's."""
+    folder, _ = smollm2
+    report = export_gguf(folder, tmp_path / "smollm2-f32.gguf", "f32", progress=False)
+    model, tok = load_model(str(folder))
+    prompt = render_prompt(build_messages(tour_queries()[0]), tok)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    llm = llama_cpp.Llama(model_path=report.out, n_ctx=1024, n_threads=2, verbose=False)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+    got = [t for _, t in zip(range(24), llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0))]
+    assert got == expected[:len(got)] and len(got) == min(24, len(expected))
