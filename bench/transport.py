@@ -76,7 +76,7 @@ def render(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compress.capture import CaptureConfig, run_capture
+    from compress.capture import CaptureConfig, Sources, run_capture
     from compress.transport.rotation import analyse, layer_map
 
     parser = argparse.ArgumentParser(prog="python -m bench.transport", description=__doc__.split("\n\n")[0])
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     captures = {}
     for name, model in (("teacher", args.teacher), ("student", args.student)):
         out = work / f"capture-{name}"
-        run_capture(CaptureConfig(model=model, samples_dir=str(texts), output_dir=str(out), format="pt",
-                                  shard_dtype="float32"), progress=True)
+        run_capture(model, out, Sources(samples_dir=str(texts)), CaptureConfig(format="pt", shard_dtype="float32"))
         captures[name] = out
     layers = len(json.loads(Path(args.plan).read_text())["keep"])
     out = Path(args.out)

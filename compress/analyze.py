@@ -30,19 +30,22 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from compress.capture import CAPTURE_FILE, STATS_FILE
+from compress.plots import plot_importance, plot_similarity
 from compress.shards import CaptureReader
 from compress.stats import VARIANTS, Dims, StreamStats, residual_states
-from core.artifacts import write_atomic
+from core.artifacts import ANALYSIS_FILE, CAPTURE_FILE, IMPORTANCE_FILE, STATS_FILE, atomic_path, write_json
+from core.cli import fail
 
-ANALYSIS_FILE = "analysis.json"
-IMPORTANCE_FILE = "importance.safetensors"
 BLOCK_SIZES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class ImportanceWeights:
+    """How the importance score weighs its terms: the pipeline's [analyze] section, and the CLI's
+    --weights (`parse`)."""
+
     block_influence: float = 1.0
     angular: float = 1.0
     cka: float = 1.0
@@ -67,8 +70,6 @@ def load_stats(capture_dir: str | Path, progress: bool = False) -> tuple[StreamS
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta["format"] == "stats":
         return StreamStats.from_state_dict(load_file(str(capture_dir / STATS_FILE))), meta
-    from tqdm import tqdm
-
     reader = CaptureReader(capture_dir)
     stats = StreamStats(meta["layers"], Dims(**meta["dims"]), meta.get("cka_tokens", 256))
     try:
@@ -186,11 +187,10 @@ def analyze(
         "bottom_quarter_overlap": len(set(u["ranking"][:k]) & set(w["ranking"][:k])) / k,
         "same_ranking": u["ranking"] == w["ranking"],
     }
-    save_file(tensors, str(out / IMPORTANCE_FILE), metadata={"layers": json.dumps(layers)})
-    write_atomic(out / ANALYSIS_FILE, json.dumps(result, indent=1) + "\n")
+    with atomic_path(out / IMPORTANCE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"layers": json.dumps(layers)})
+    write_json(out / ANALYSIS_FILE, result)
     if plots:
-        from compress.plots import plot_importance, plot_similarity
-
         result["plots"] = [str(plot_similarity(result, out)), str(plot_importance(result, out))]
     return result
 
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = analyze(args.capture_dir, args.out, ImportanceWeights.parse(args.weights), not args.no_plots, progress=True)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
 

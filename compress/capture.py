@@ -27,15 +27,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from compress.analyze import analyze, format_table
+from compress.model_flags import add_model_flags, load_options
 from compress.shards import FORMATS, STORE_DTYPES, ShardWriter
 from compress.stats import Dims, StreamStats, sample_keys
-from core.artifacts import write_atomic
+from core.artifacts import CAPTURE_FILE, STATS_FILE, atomic_path, write_json
+from core.cli import add_config_flags, config_from_args, fail
+from data.corpus import read_split
+from models.generate import generate_batch
+from models.load import LoadOptions, ModelLoadError, decoder_layers, input_device, layer_parts, load_model
 
-STATS_FILE = "stats.safetensors"
-CAPTURE_FILE = "capture.json"
 ALL_FORMATS = ("stats", *FORMATS)
 
 
@@ -43,27 +48,42 @@ class CaptureError(RuntimeError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaptureConfig:
-    model: str
-    output_dir: str
-    data: str | None = None  # corpus directory
-    split: str = "train"
-    texts: list[str] = field(default_factory=list)
-    text_file: str | None = None
-    samples_dir: str | None = None
-    layers: list[int] | None = None  # None: every decoder layer
-    max_length: int = 512
-    max_new_tokens: int = 256
-    dtype: str = "auto"
-    device: str = "cpu"
-    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes, CUDA)
-    format: str = "stats"
-    shard_dtype: str = "float16"
-    limit: int | None = None
-    batch_size: int = 8  # prompts answered together by the teacher
-    checkpoint_every: int = 16  # stats mode: samples between saved sums
-    cka_tokens: int = 256
+    """How a capture is made: the CLI's flags and the pipeline's [capture] section. The model, the
+    samples (`Sources`) and the output folder are not settings: run_capture takes them."""
+
+    split: str = field(default="train", metadata={"help": "corpus split whose prompts the teacher answers"})
+    layers: tuple[int, ...] = field(default=(), metadata={
+        "help": "capture only these decoder layers (repeatable; unset: every layer)", "aliases": ("--layer",)})
+    max_length: int = field(default=512, metadata={"help": "tokens per sample; longer ones are truncated"})
+    max_new_tokens: int = field(default=256, metadata={"help": "length of the teacher's answers"})
+    format: str = field(default="stats", metadata={
+        "help": "stats: fixed-size sums; pt: a safetensors file per sample; h5: one HDF5 file", "choices": ALL_FORMATS})
+    shard_dtype: str = field(default="float16",
+                             metadata={"help": "dtype of raw shards", "choices": sorted(STORE_DTYPES)})
+    limit: int | None = field(default=None, metadata={"help": "number of samples (unset or 0: all)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts the teacher answers at once"})
+    checkpoint_every: int = field(default=16, metadata={"help": "stats format: samples between saved sums"})
+    cka_tokens: int = field(default=256, metadata={"help": "tokens per sample kept for the CKA matrices"})
+
+    def __post_init__(self) -> None:
+        if self.format not in ALL_FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose {', '.join(ALL_FORMATS)}")
+        if self.shard_dtype not in STORE_DTYPES:
+            raise ValueError(f"unknown shard dtype {self.shard_dtype!r}; choose {', '.join(STORE_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What is captured: a corpus whose prompts the teacher answers, and plain texts taken as they are."""
+
+    data: str | None = field(default=None, metadata={
+        "help": "corpus directory (python -m data.build); the teacher answers its prompts"})
+    texts: list[str] = field(default_factory=list,
+                             metadata={"help": "a text sample (repeatable)", "aliases": ("--text",)})
+    text_file: str | None = field(default=None, metadata={"help": "a file with one text sample per line"})
+    samples_dir: str | None = field(default=None, metadata={"help": "a directory of .txt samples"})
 
 
 @dataclass
@@ -73,32 +93,30 @@ class Sample:
     text: str | None = None  # plain text: captured as is
 
 
-def collect_samples(config: CaptureConfig) -> list[Sample]:
+def collect_samples(sources: Sources, split: str = "train", limit: int | None = None) -> list[Sample]:
     """Every requested sample with a stable id (so a resumed capture recognises its work)."""
     samples: list[Sample] = []
-    if config.data:
-        from data.corpus import read_split
-
+    if sources.data:
         try:
-            rows = read_split(config.data, config.split)
+            rows = read_split(sources.data, split)
         except FileNotFoundError as exc:
             raise CaptureError(str(exc)) from exc
-        samples += [Sample(f"{config.split}:{n}", messages=row["messages"]) for n, row in enumerate(rows)]
-    samples += [Sample(f"text:{n}", text=t) for n, t in enumerate(config.texts)]
-    if config.text_file:
-        path = Path(config.text_file)
+        samples += [Sample(f"{split}:{n}", messages=row["messages"]) for n, row in enumerate(rows)]
+    samples += [Sample(f"text:{n}", text=t) for n, t in enumerate(sources.texts)]
+    if sources.text_file:
+        path = Path(sources.text_file)
         if not path.is_file():
             raise CaptureError(f"--text-file {path} not found")
         lines = path.read_text(encoding="utf-8").splitlines()
         samples += [Sample(f"{path.name}:{n}", text=t) for n, t in enumerate(lines) if t.strip()]
-    if config.samples_dir:
-        directory = Path(config.samples_dir)
+    if sources.samples_dir:
+        directory = Path(sources.samples_dir)
         if not directory.is_dir():
             raise CaptureError(f"--samples-dir {directory} is not a directory")
         samples += [Sample(f"file:{p.name}", text=p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.txt"))]
     if not samples:
         raise CaptureError("no samples: give --data, --text, --text-file or --samples-dir")
-    return samples[: config.limit] if config.limit else samples
+    return samples[:limit] if limit else samples
 
 
 def token_entropy(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
@@ -121,8 +139,6 @@ class ActivationRecorder:
     removed."""
 
     def __init__(self, model, layers: list[int]):
-        from models.load import decoder_layers, layer_parts
-
         self.layers = layers
         self.wanted = set(sample_keys(layers))
         self.buffer: dict[str, torch.Tensor] = {}
@@ -197,8 +213,6 @@ def _stats_progress(out_dir: Path, layers, dims, cka_tokens, device) -> tuple[St
     path = out_dir / STATS_FILE
     if not path.is_file():
         return StreamStats(layers, dims, cka_tokens, device), set()
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         done = set(json.loads(f.metadata()["done"]))
     stats = StreamStats.from_state_dict(load_file(str(path)), device)
@@ -207,22 +221,18 @@ def _stats_progress(out_dir: Path, layers, dims, cka_tokens, device) -> tuple[St
 
 
 def _save_stats(out_dir: Path, stats: StreamStats, done: set[str]) -> None:
-    import os
-
-    path = out_dir / STATS_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(stats.state_dict(), str(tmp), metadata={"done": json.dumps(sorted(done))})
-    os.replace(tmp, path)
+    with atomic_path(out_dir / STATS_FILE) as tmp:
+        save_file(stats.state_dict(), str(tmp), metadata={"done": json.dumps(sorted(done))})
 
 
-def teacher_sequences(samples: list[Sample], model, tokenizer, config: CaptureConfig) -> Iterator[tuple[Sample, list[int], list[int]]]:
+def teacher_sequences(samples: list[Sample], model, tokenizer,
+                      config: CaptureConfig) -> Iterator[tuple[Sample, list[int], list[int]]]:
     """(sample, input tokens, output tokens), corpus prompts answered by the teacher in batches."""
-    from models.generate import generate_batch
-
     for start in range(0, len(samples), config.batch_size):
         chunk = samples[start:start + config.batch_size]
         chats = [s for s in chunk if s.messages is not None]
-        answers = iter(generate_batch(model, tokenizer, [s.messages for s in chats], config.max_new_tokens)) if chats else iter(())
+        answers = iter(generate_batch(model, tokenizer, [s.messages for s in chats], config.max_new_tokens)
+                       if chats else ())
         for sample in chunk:
             if sample.messages is not None:
                 answer = next(answers)
@@ -231,80 +241,43 @@ def teacher_sequences(samples: list[Sample], model, tokenizer, config: CaptureCo
                 yield sample, tokenizer(sample.text, add_special_tokens=False)["input_ids"], []
 
 
-def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
-    """Capture into `config.output_dir`; returns a summary. Resumes an interrupted capture."""
-    from models.load import LoadOptions, ModelLoadError, decoder_layers, input_device, load_model
-
-    if config.format not in ALL_FORMATS:
-        raise CaptureError(f"unknown --format {config.format!r}; choose {', '.join(ALL_FORMATS)}")
-    if config.shard_dtype not in STORE_DTYPES:
-        raise CaptureError(f"unknown shard dtype {config.shard_dtype!r}")
-    samples = collect_samples(config)
+def run_capture(model: str, output_dir: str | Path, sources: Sources, config: CaptureConfig = CaptureConfig(),
+                load: LoadOptions = LoadOptions(), progress: bool = True) -> dict:
+    """Capture `model` on `sources` into `output_dir`; returns a summary. Resumes an interrupted capture."""
+    samples = collect_samples(sources, config.split, config.limit)
     try:
-        model, tokenizer = load_model(
-            config.model, LoadOptions(dtype=config.dtype, device=config.device, quantization=config.quantization)
-        )
+        teacher, tokenizer = load_model(model, load)
     except ModelLoadError as exc:
         raise CaptureError(str(exc)) from exc
-    n_layers = len(decoder_layers(model))
+    n_layers = len(decoder_layers(teacher))
     layers = sorted(set(config.layers)) if config.layers else list(range(n_layers))
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:
         raise CaptureError(f"--layer {bad[0]} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    dims = Dims.of(model.config)
-    out_dir = Path(config.output_dir)
+    dims = Dims.of(teacher.config)
+    out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {**asdict(config), "layers": layers, "num_layers": n_layers, "dims": asdict(dims),
-            "model_type": model.config.model_type}
+    meta = {"model": model, "output_dir": str(output_dir), **asdict(sources), **asdict(config),
+            "dtype": load.dtype, "device": load.device, "quantization": load.quantization,
+            "layers": layers, "num_layers": n_layers, "dims": asdict(dims), "model_type": teacher.config.model_type}
     _check_resume(out_dir, meta)
-    write_atomic(out_dir / CAPTURE_FILE, json.dumps(meta, indent=1) + "\n")
+    write_json(out_dir / CAPTURE_FILE, meta)
 
-    device = input_device(model)  # inputs go here, and the sums stay here (the first GPU under device_map)
+    device = input_device(teacher)  # inputs go here, and the sums stay here (the first GPU under device_map)
     if config.format == "stats":
         stats, done = _stats_progress(out_dir, layers, dims, config.cka_tokens, device)
         writer = None
     else:
-        writer = ShardWriter(out_dir, config.format, config.shard_dtype)
+        stats, writer = None, ShardWriter(out_dir, config.format, config.shard_dtype)
         done = set(writer.done)
     todo = [s for s in samples if s.id not in done]
-
-    recorder = ActivationRecorder(model, layers)
-    tokens = truncated = 0
-    forward_seconds = 0.0
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), disable=not progress, desc="capture", unit="sample")
+    recorder = ActivationRecorder(teacher, layers)
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), disable=not progress, desc="capture",
+               unit="sample")
     try:
-        for sample, inp, out in teacher_sequences(todo, model, tokenizer, config):
-            ids = inp + out
-            if len(ids) > config.max_length:
-                warnings.warn(f"sample {sample.id}: {len(ids)} tokens truncated to --max-length {config.max_length}")
-                ids, truncated = ids[: config.max_length], truncated + 1
-            if not ids:
-                warnings.warn(f"sample {sample.id} is empty; skipped")
-                continue
-            started = time.perf_counter()
-            with torch.no_grad(), recorder.recording():
-                logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]
-            entropy = token_entropy(logits)
-            acts = recorder.take()
-            forward_seconds += time.perf_counter() - started
-            tokens += len(ids)
-            if writer is None:
-                stats.update(acts, entropy)
-                done.add(sample.id)
-                if len(done) % config.checkpoint_every == 0:
-                    _save_stats(out_dir, stats, done)
-            else:
-                n_in = min(len(inp), len(ids))
-                row = {
-                    "id": sample.id,
-                    "text": tokenizer.decode(ids, skip_special_tokens=False),
-                    "input_tokens": ids[:n_in],
-                    "output_tokens": ids[n_in:],
-                    "span": [0, n_in, len(ids)],
-                    "layers": layers,
-                }
-                writer.write(row, {**acts, "entropy": entropy, "input_ids": torch.tensor(ids)})
-            bar.update(1)
+        totals = _capture(todo, teacher, tokenizer, recorder, config, device, bar,
+                          store=_stats_store(out_dir, stats, done, config) if writer is None
+                          else _shard_store(writer, tokenizer, layers))
     finally:
         recorder.remove()
         bar.close()
@@ -312,16 +285,52 @@ def run_capture(config: CaptureConfig, progress: bool = True) -> dict:
         _save_stats(out_dir, stats, done)
     else:
         writer.finish()
-    return {
-        "output_dir": str(out_dir),
-        "format": config.format,
-        "samples": len(samples),
-        "captured_now": len(todo),
-        "tokens_now": tokens,
-        "truncated": truncated,
-        "layers": len(layers),
-        "forward_seconds": round(forward_seconds, 3),
-    }
+    return {"output_dir": str(out_dir), "format": config.format, "samples": len(samples), "captured_now": len(todo),
+            **totals, "layers": len(layers)}
+
+
+def _stats_store(out_dir: Path, stats: StreamStats, done: set[str], config: CaptureConfig):
+    def store(sample: Sample, ids: list[int], n_in: int, acts: dict, entropy: torch.Tensor) -> None:
+        stats.update(acts, entropy)
+        done.add(sample.id)
+        if len(done) % config.checkpoint_every == 0:
+            _save_stats(out_dir, stats, done)
+
+    return store
+
+
+def _shard_store(writer: ShardWriter, tokenizer, layers: list[int]):
+    def store(sample: Sample, ids: list[int], n_in: int, acts: dict, entropy: torch.Tensor) -> None:
+        row = {"id": sample.id, "text": tokenizer.decode(ids, skip_special_tokens=False),
+               "input_tokens": ids[:n_in], "output_tokens": ids[n_in:], "span": [0, n_in, len(ids)], "layers": layers}
+        writer.write(row, {**acts, "entropy": entropy, "input_ids": torch.tensor(ids)})
+
+    return store
+
+
+def _capture(todo: list[Sample], model, tokenizer, recorder: ActivationRecorder, config: CaptureConfig, device,
+             bar, store) -> dict:
+    """One recorded forward pass per sample (prompt + the teacher's answer), each handed to `store`."""
+    tokens = truncated = 0
+    forward_seconds = 0.0
+    for sample, inp, out in teacher_sequences(todo, model, tokenizer, config):
+        ids = inp + out
+        if len(ids) > config.max_length:
+            warnings.warn(f"sample {sample.id}: {len(ids)} tokens truncated to --max-length {config.max_length}")
+            ids, truncated = ids[: config.max_length], truncated + 1
+        if not ids:
+            warnings.warn(f"sample {sample.id} is empty; skipped")
+            continue
+        started = time.perf_counter()
+        with torch.no_grad(), recorder.recording():
+            logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]
+        entropy = token_entropy(logits)
+        acts = recorder.take()
+        forward_seconds += time.perf_counter() - started
+        tokens += len(ids)
+        store(sample, ids, min(len(inp), len(ids)), acts, entropy)
+        bar.update(1)
+    return {"tokens_now": tokens, "truncated": truncated, "forward_seconds": round(forward_seconds, 3)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,49 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m compress.capture --model out/teacher-demo --data out/corpus "
         "--output-dir out/capture --limit 256 --analyze",
     )
-    parser.add_argument("--model", required=True, help="model directory or Hugging Face hub id")
-    parser.add_argument("--data", help="corpus directory (python -m data.build); the teacher answers its prompts")
-    parser.add_argument("--split", default="train", help="corpus split to read (default train)")
-    parser.add_argument("--text", action="append", default=[], help="a text sample (repeatable)")
-    parser.add_argument("--text-file", help="a file with one text sample per line")
-    parser.add_argument("--samples-dir", help="a directory of .txt samples")
+    add_model_flags(parser, quantization=True)
     parser.add_argument("--output-dir", required=True, help="where stats / shards / metadata go")
-    parser.add_argument("--layer", type=int, action="append", help="capture only this decoder layer (repeatable)")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per sample; longer ones are truncated")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="length of the teacher's answers")
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16, float16")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:N, or auto (accelerate, several GPUs)")
-    parser.add_argument("--quantization", choices=("8bit", "4bit"), help="load the teacher quantized (bitsandbytes, CUDA)")
-    parser.add_argument("--format", choices=ALL_FORMATS, default="stats",
-                        help="stats: fixed-size sums; pt: a safetensors file per sample; h5: one HDF5 file")
-    parser.add_argument("--shard-dtype", choices=sorted(STORE_DTYPES), default="float16", help="dtype of raw shards")
-    parser.add_argument("--limit", type=int, help="number of samples")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts the teacher answers at once")
+    add_config_flags(parser, Sources)
+    add_config_flags(parser, CaptureConfig)
     parser.add_argument("--analyze", action="store_true", help="run compress.analyze afterwards and print its table")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = CaptureConfig(
-        model=args.model, output_dir=args.output_dir, data=args.data, split=args.split, texts=args.text,
-        text_file=args.text_file, samples_dir=args.samples_dir, layers=args.layer, max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, quantization=args.quantization,
-        format=args.format,
-        shard_dtype=args.shard_dtype, limit=args.limit, batch_size=args.batch_size,
-    )
     try:
-        summary = run_capture(config)
+        summary = run_capture(args.model, args.output_dir, config_from_args(Sources, args),
+                              config_from_args(CaptureConfig, args), load_options(args))
     except (CaptureError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(summary))
     if args.analyze:
-        from compress.analyze import analyze, format_table
-
-        result = analyze(args.output_dir)
-        print(format_table(result))
+        print(format_table(analyze(args.output_dir)))
     return 0
 
 

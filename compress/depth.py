@@ -36,21 +36,25 @@ import json
 import random
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.artifacts import write_atomic
+from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
+from compress.model_flags import add_model_flags, load_options
+from compress.stats import VARIANTS
+from core.artifacts import ANALYSIS_FILE, DEPTH_PLAN_FILE, write_atomic
+from core.cli import add_config_flags, config_from_args, fail
 from models.checkpoint import save_model_dir
-from models.load import decoder_layers, layout_of
+from models.load import LoadOptions, ModelLoadError, decoder_layers, layout_of, load_model
 
 BASELINES = ("shortgpt", "angular", "u-shape", "alternate", "random")
 STRATEGIES = ("guided", *BASELINES)
 NEEDS_ANALYSIS = ("guided", "shortgpt", "angular", "u-shape")
-PLAN_FILE = "pruning_plan.json"
+PLAN_FILE = DEPTH_PLAN_FILE
 
 
 def _set_layers(model: nn.Module, layers: nn.ModuleList) -> None:
@@ -170,8 +174,6 @@ class Calibration:
     calibration set through the kept layers."""
 
     def __init__(self, model: nn.Module, sequences, batch_size: int = 8):
-        from compress.calibration import answer_logprobs
-
         if not sequences:
             raise ValueError("calibration needs at least one sample")
         self.model, self.sequences, self.batch_size = model, sequences, batch_size
@@ -183,8 +185,6 @@ class Calibration:
         self.cache: dict[tuple[int, ...], dict] = {}
 
     def measure(self, removed: list[int]) -> dict:
-        from compress.calibration import ForcedTotals, answer_logprobs, answer_targets
-
         key = tuple(sorted(removed))
         if key not in self.cache:
             totals = ForcedTotals()
@@ -196,15 +196,28 @@ class Calibration:
         return self.cache[key]
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuidedConfig:
-    calibration_samples: int = 64
-    candidates: int = 12  # layers tried per step: the least important remaining ones by the statistics
-    swap_rounds: int = 2
-    variant: str = "weighted"  # entropy-weighted statistics order the trials
-    batch_size: int = 8
-    max_length: int = 512
-    seed: int = 0
+    """The guided search: calibration samples, how many layers each step tries, swap rounds."""
+
+    calibration_samples: int = field(default=64, metadata={"help": "guided: calibration samples the KL is measured on"})
+    candidates: int = field(default=12, metadata={
+        "help": "guided: layers tried per step, the least important remaining ones by the statistics (0 = all)"})
+    swap_rounds: int = field(default=2, metadata={"help": "guided: rounds of exchanging a removed layer for a kept one"})
+    variant: str = field(default="weighted", metadata={
+        "help": "which statistics rank layers: entropy-weighted tokens or all alike", "choices": VARIANTS})
+    batch_size: int = field(default=8, metadata={"help": "calibration samples per forward pass"})
+    max_length: int = field(default=512, metadata={"help": "tokens per calibration sample"})
+    seed: int = field(default=0, metadata={"help": "the random strategy's draw; which calibration samples"})
+
+
+@dataclass(frozen=True)
+class DepthConfig(GuidedConfig):
+    """Layer deletion: the CLI's flags and the pipeline's [depth] section (the model, the analysis,
+    the corpus and the output folder are not settings: prune_depth takes them)."""
+
+    keep: int = field(kw_only=True, metadata={"help": "number of layers to keep"})
+    strategy: str = field(default="guided", kw_only=True, metadata={"help": "which layers go", "choices": STRATEGIES})
 
 
 def guided_removal(calibration: Calibration, analysis: dict | None, remove: int, config: GuidedConfig = GuidedConfig(),
@@ -257,7 +270,7 @@ def guided_removal(calibration: Calibration, analysis: dict | None, remove: int,
     bar.total = bar.n  # swap rounds stop early; the bar should end full
     bar.close()
     final = measure(removed)
-    trace = {"config": asdict(config), "steps": steps, "greedy_removed": greedy, "swaps": swaps,
+    trace = {"config": {f.name: getattr(config, f.name) for f in fields(GuidedConfig)}, "steps": steps, "greedy_removed": greedy, "swaps": swaps,
              "final": final, "trials": len(calibration.cache)}
     return sorted(removed), trace
 
@@ -362,8 +375,6 @@ def make_plan(strategy: str, num_layers: int, keep_count: int, analysis: dict | 
 
 def load_analysis(path: str | Path) -> dict:
     """analysis.json, given as the file or as the directory that holds it."""
-    from compress.analyze import ANALYSIS_FILE
-
     path = Path(path)
     if path.is_dir():
         path = path / ANALYSIS_FILE
@@ -372,9 +383,21 @@ def load_analysis(path: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def calibration_for(model, tokenizer, corpus: str | Path, config: GuidedConfig) -> Calibration:
-    from compress.calibration import encode_rows, split_rows
+def kept_layers(path: str | Path, required: bool = False) -> list[int] | None:
+    """The original layers a depth-pruned model kept (`keep` of its pruning_plan.json), from the
+    plan file or the model's directory. Without a plan: None (a model never depth-pruned, a hub
+    id), or FileNotFoundError when `required`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["keep"]
+    if required:
+        raise FileNotFoundError(f"no depth plan at {path} (python -m compress.depth writes {PLAN_FILE})")
+    return None
 
+
+def calibration_for(model, tokenizer, corpus: str | Path, config: GuidedConfig) -> Calibration:
     rows = split_rows(corpus, "calibration", config.calibration_samples, config.seed)
     return Calibration(model, encode_rows(rows, tokenizer, config.max_length), config.batch_size)
 
@@ -388,6 +411,28 @@ def prune_to_dir(model, tokenizer, plan: PruningPlan, out_dir: str | Path, copy_
     return out
 
 
+def prune_depth(model_path: str, load: LoadOptions, config: DepthConfig, out_dir: str | Path,
+                analysis: str | Path | None = None, data: str | Path | None = None,
+                progress: bool = True) -> tuple[nn.Module, PruningPlan]:
+    """Load `model_path`, choose its layers by `config` (`analysis`: the capture's analysis.json
+    or its folder; `data`: the corpus the guided strategy calibrates on) and write the pruned
+    checkpoint with its plan to `out_dir`. Returns the pruned model and the plan."""
+    if config.strategy == "guided" and data is None:
+        raise ValueError("strategy guided needs --data CORPUS for its calibration samples")
+    if config.strategy in NEEDS_ANALYSIS and analysis is None:
+        raise ValueError(f"strategy {config.strategy} needs --analysis (from python -m compress.analyze)")
+    scores = load_analysis(analysis) if analysis is not None else None
+    model, tokenizer = load_model(model_path, load)
+    n = len(decoder_layers(model))
+    if not 0 < config.keep < n:  # before the calibration set is built, which takes a while
+        raise ValueError(f"--keep must be between 1 and {n - 1} for a {n}-layer model, not {config.keep}")
+    calibration = calibration_for(model, tokenizer, data, config) if config.strategy == "guided" else None
+    plan = make_plan(config.strategy, n, config.keep, scores, calibration, config, config.seed, config.variant, progress)
+    plan.model, plan.analysis = model_path, None if analysis is None else str(analysis)
+    prune_to_dir(model, tokenizer, plan, out_dir)
+    return model, plan
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m compress.depth",
@@ -395,47 +440,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m compress.depth --model out/teacher-demo --analysis runs/capture "
         "--strategy guided --keep 8 --data out/corpus --out out/depth-guided-8",
     )
-    parser.add_argument("--model", required=True, help="model directory or Hugging Face hub id")
+    add_model_flags(parser)
     parser.add_argument("--analysis", help="analysis.json or its directory (python -m compress.analyze)")
-    parser.add_argument("--strategy", required=True, choices=STRATEGIES)
-    parser.add_argument("--keep", type=int, required=True, help="number of layers to keep")
-    parser.add_argument("--seed", type=int, default=0, help="random strategy's seed; calibration sample")
-    parser.add_argument("--out", required=True, help="directory of the pruned checkpoint")
     parser.add_argument("--data", help="corpus directory: calibration samples for --strategy guided")
-    parser.add_argument("--variant", choices=("weighted", "unweighted"), default="weighted",
-                        help="which statistics rank layers: entropy-weighted tokens or all alike")
-    parser.add_argument("--calibration-samples", type=int, default=GuidedConfig.calibration_samples)
-    parser.add_argument("--candidates", type=int, default=GuidedConfig.candidates,
-                        help="guided: layers tried per step (0 = all)")
-    parser.add_argument("--swap-rounds", type=int, default=GuidedConfig.swap_rounds)
-    parser.add_argument("--batch-size", type=int, default=GuidedConfig.batch_size)
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True, help="directory of the pruned checkpoint")
+    add_config_flags(parser, DepthConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.load import LoadOptions, ModelLoadError, load_model
-
     args = build_parser().parse_args(argv)
     try:
-        analysis = load_analysis(args.analysis) if args.analysis else None
-        if args.strategy == "guided" and not args.data:
-            raise ValueError("strategy guided needs --data CORPUS for its calibration samples")
-        model, tokenizer = load_model(args.model, LoadOptions(dtype=args.dtype, device=args.device))
-        n = len(decoder_layers(model))
-        guided = GuidedConfig(args.calibration_samples, args.candidates, args.swap_rounds, args.variant,
-                              args.batch_size, seed=args.seed)
-        if not 0 < args.keep < n:
-            raise ValueError(f"--keep must be between 1 and {n - 1} for a {n}-layer model, not {args.keep}")
-        calibration = calibration_for(model, tokenizer, args.data, guided) if args.strategy == "guided" else None
-        plan = make_plan(args.strategy, n, args.keep, analysis, calibration, guided, args.seed, args.variant)
-        plan.model, plan.analysis = args.model, args.analysis
-        out = prune_to_dir(model, tokenizer, plan, args.out)
+        _, plan = prune_depth(args.model, load_options(args), config_from_args(DepthConfig, args), args.out,
+                              args.analysis, args.data)
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"kept {plan.keep} of {n} layers; removed {plan.removed} ({args.strategy}) -> {out}")
+        return fail(exc)
+    print(f"kept {plan.keep} of {plan.num_layers} layers; removed {plan.removed} ({plan.strategy}) -> {args.out}")
     for row in plan.layers:
         if not row["kept"]:
             print(f"  layer {row['layer']}: {row['reason']}")

@@ -22,24 +22,29 @@ generations/<model>.<split>.jsonl, report.md and metrics_<split>.png.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import re
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
-from core.artifacts import write_atomic
+from compress.model_flags import add_load_flags, load_options
+from compress.plots import plot_metrics
+from core.artifacts import EVAL_REPORT_FILE, METRICS_FILE, model_fingerprint, write_atomic, write_json
+from core.cli import add_config_flags, config_from_args, fail
 from data.poi import SYDNEY
+from models.generate import generate_batch
+from models.load import LoadOptions, ModelLoadError, decoder_layers, load_model
+from models.recall import Scorer, aggregate
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
+REPORT_FILE = EVAL_REPORT_FILE
+# How the evaluation loads its models unless told otherwise: float32, so that metrics compare
+# across machines and runs.
+EVAL_LOAD = LoadOptions(dtype="float32")
 
 # Metric key, column title, format, and whether higher is better (read by comparisons, bench.depth).
 COLUMNS = (
@@ -56,87 +61,27 @@ COLUMNS = (
 HIGHER_IS_BETTER = {key: higher for key, _, _, higher in COLUMNS}
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
-    data: str
-    out: str
-    splits: tuple[str, ...] = ("test", "known")
-    limit: int | None = 256  # samples per split (a seeded sample when the split is larger)
-    max_new_tokens: int = 192
-    temperature: float = 0.0
-    batch_size: int = 16
-    latency_queries: int = 8
-    max_length: int = 512
-    seed: int = 0
-    pois: str = str(SYDNEY)
-    device: str = "cpu"
-    dtype: str = "float32"
+    """How students are measured: the CLI's flags and the pipeline's [evaluate] section (the models,
+    the corpus, the POI file and the output folder are not settings: Evaluation.open and evaluate
+    take them)."""
 
-    def key(self) -> dict:
-        # What makes two evaluations of one model comparable (the output folder does not).
-        key = {k: v for k, v in asdict(self).items() if k not in ("out", "device")}
-        return json.loads(json.dumps(key))  # as metrics.json holds it: tuples become lists
+    splits: tuple[str, ...] = field(default=("test", "known"), metadata={
+        "help": "test, val, known (train cells not used for calibration), train; comma-separated or repeated",
+        "aliases": ("--split",)})
+    limit: int | None = field(default=256, metadata={
+        "help": "samples per split, a seeded sample when the split is larger (0: all)"})
+    max_new_tokens: int = field(default=192, metadata={"help": "longest generated answer"})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy; otherwise sampled with the same seeds"})
+    batch_size: int = field(default=16, metadata={"help": "rows per forward pass and per generation batch"})
+    latency_queries: int = field(default=8, metadata={"help": "queries answered one at a time for the latency"})
+    max_length: int = field(default=512, metadata={"help": "tokens per teacher-forced sequence"})
+    seed: int = field(default=0, metadata={"help": "which rows of a larger split; the sampling seeds"})
 
-
-_WORDS = re.compile(r"[a-z0-9']+")
-
-
-def repetition_rate(text: str, n: int = 3) -> float:
-    """Share of the word n-grams of a text that repeat an earlier one: 0 for varied prose,
-    approaching 1 for a degenerate loop."""
-    words = _WORDS.findall(text.lower())
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-class Scorer:
-    """Per-answer checks against the corpus row that asked for it."""
-
-    def __init__(self, pois_path: str | Path):
-        from data.poi import load_pois
-        from data.validate import PlaceNames
-
-        self.pois = {p.id: p for p in load_pois(Path(pois_path))}
-        self.names = PlaceNames(self.pois.values())
-
-    def score(self, text: str, row: dict) -> dict:
-        from data.generate.base import GenerationRequest
-        from data.validate import facts_recalled, foreign_places, names_poi
-        from data.vocab import STYLES, count_words, style_problems
-
-        pois = tuple(self.pois[i] for i in row["poi_ids"] if i in self.pois)
-        if not pois:
-            raise ValueError(f"row at {row['plus_code']} names POIs {row['poi_ids']} that the POI file does not hold")
-        request = GenerationRequest(row["plus_code"], row["short_code"], row["locality"], pois,
-                                    tuple(row["interests"]), row["style"])
-        hit, expected = facts_recalled(text, row["target"], pois)
-        spec = STYLES[row["style"]]
-        words = count_words(text)
-        return {
-            "facts": [hit, expected],
-            "names_place": names_poi(text, pois[0]),
-            "wrong_places": sorted(set(foreign_places(text, request, self.names))),
-            "length_ok": spec.min_words <= words <= spec.max_words,
-            "style_ok": not style_problems(text, row["style"]),
-            "repetition": repetition_rate(text),
-            "words": words,
-        }
-
-
-def aggregate(scores: list[dict]) -> dict:
-    n = max(1, len(scores))
-    expected = sum(s["facts"][1] for s in scores)
-    return {
-        "fact_recall": sum(s["facts"][0] for s in scores) / max(1, expected),
-        "facts_expected": expected,
-        "names_place": sum(s["names_place"] for s in scores) / n,
-        "wrong_place": sum(bool(s["wrong_places"]) for s in scores) / n,
-        "length_ok": sum(s["length_ok"] for s in scores) / n,
-        "style_ok": sum(s["style_ok"] for s in scores) / n,
-        "repetition": sum(s["repetition"] for s in scores) / n,
-        "words": sum(s["words"] for s in scores) / n,
-        "samples": len(scores),
-    }
+    def __post_init__(self) -> None:
+        if self.limit == 0:
+            object.__setattr__(self, "limit", None)
 
 
 def forced_metrics(model, teacher, sequences, batch_size: int) -> dict:
@@ -156,8 +101,6 @@ def forced_metrics(model, teacher, sequences, batch_size: int) -> dict:
 
 
 def generate_answers(model, tokenizer, rows: list[dict], config: EvalConfig, progress: bool = False) -> list[str]:
-    from models.generate import generate_batch
-
     texts = []
     batches = range(0, len(rows), config.batch_size)
     for b, start in enumerate(tqdm(batches, desc="generate", unit="batch", leave=False, disable=not progress)):
@@ -170,8 +113,6 @@ def generate_answers(model, tokenizer, rows: list[dict], config: EvalConfig, pro
 
 def measure_latency(model, tokenizer, rows: list[dict], config: EvalConfig) -> dict:
     """One query at a time, as a visitor asks: median wall seconds per answer and tokens/s."""
-    from models.generate import generate_batch
-
     if not rows or config.latency_queries <= 0:
         return {}
     generate_batch(model, tokenizer, [rows[0]["messages"]], 8)  # warm-up: first-call allocations
@@ -186,23 +127,15 @@ def measure_latency(model, tokenizer, rows: list[dict], config: EvalConfig) -> d
             "latency_queries": len(seconds)}
 
 
-def _fingerprint(path: str) -> str:
-    """Identifies a checkpoint's contents cheaply: config plus weight files' sizes and mtimes."""
-    folder = Path(path)
-    parts = [path]
-    if folder.is_dir():
-        for f in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
-            stat = f.stat()
-            parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
 @dataclass
 class Evaluation:
     """A loaded teacher and the per-split rows and sequences every model is measured on."""
 
     config: EvalConfig
     teacher_path: str
+    data: str
+    pois: str
+    load: LoadOptions
     teacher: object = None
     tokenizer: object = None
     rows: dict[str, list[dict]] = field(default_factory=dict)
@@ -210,28 +143,32 @@ class Evaluation:
     scorer: Scorer | None = None
 
     @classmethod
-    def open(cls, teacher_path: str, config: EvalConfig, loaded: tuple | None = None) -> "Evaluation":
+    def open(cls, teacher_path: str, data: str | Path, config: EvalConfig = EvalConfig(), pois: str | Path = SYDNEY,
+             load: LoadOptions = EVAL_LOAD, loaded: tuple | None = None) -> "Evaluation":
         """Load the teacher (or take `loaded` = (model, tokenizer) already in memory) and encode
-        every split once."""
-        from models.load import LoadOptions, load_model
-
-        teacher, tokenizer = loaded or load_model(teacher_path, LoadOptions(dtype=config.dtype, device=config.device))
-        ev = cls(config, teacher_path, teacher, tokenizer, scorer=Scorer(config.pois))
+        every split of the corpus `data` once; `pois` is the POI file the corpus was built from.
+        Every student is loaded with `load` too."""
+        teacher, tokenizer = loaded or load_model(teacher_path, load)
+        ev = cls(config, teacher_path, str(data), str(pois), load, teacher, tokenizer, scorer=Scorer(pois))
         for split in config.splits:
-            ev.rows[split] = split_rows(config.data, split, config.limit, config.seed)
+            ev.rows[split] = split_rows(data, split, config.limit, config.seed)
             if not ev.rows[split]:
-                raise ValueError(f"split {split!r} of {config.data} is empty")
+                raise ValueError(f"split {split!r} of {data} is empty")
             ev.sequences[split] = encode_rows(ev.rows[split], tokenizer, config.max_length)
         return ev
 
-    def measure(self, name: str, model, tokenizer, progress: bool = False) -> dict:
-        from models.load import decoder_layers
+    def key(self) -> dict:
+        """What makes two evaluations of one model comparable (not the output folder or the device)."""
+        key = {"data": self.data, **asdict(self.config), "pois": self.pois, "dtype": self.load.dtype}
+        return json.loads(json.dumps(key))  # as metrics.json holds it: tuples become lists
 
+    def measure(self, name: str, model, tokenizer, out_dir: Path, progress: bool = False) -> dict:
+        """Every metric of one model; its answers go to out_dir/generations/."""
         if model.config.vocab_size != self.teacher.config.vocab_size:
             raise ValueError(f"{name}: vocabulary {model.config.vocab_size} differs from the teacher's "
                              f"{self.teacher.config.vocab_size}; KL needs one tokenizer")
-        out_dir = Path(self.config.out) / "generations"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        generations = Path(out_dir) / "generations"
+        generations.mkdir(parents=True, exist_ok=True)
         result = {"layers": len(decoder_layers(model)), "parameters": sum(p.numel() for p in model.parameters()),
                   "splits": {}}
         for split in self.config.splits:
@@ -242,43 +179,40 @@ class Evaluation:
             result["splits"][split] = {**forced, **aggregate(scores)}
             lines = [json.dumps({"plus_code": r["plus_code"], "style": r["style"], "interests": r["interests"],
                                  "answer": t, **s}) for t, r, s in zip(texts, rows, scores)]
-            write_atomic(out_dir / f"{name}.{split}.jsonl", "\n".join(lines) + "\n")
+            write_atomic(generations / f"{name}.{split}.jsonl", "\n".join(lines) + "\n")
         result["latency"] = measure_latency(model, tokenizer, self.rows[self.config.splits[0]], self.config)
         return result
 
 
-def _load_metrics(path: Path, config: EvalConfig) -> dict:
+def _load_metrics(path: Path, key: dict) -> dict:
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("config") == config.key():
+        if old.get("config") == key:
             return old
-    return {"config": config.key(), "models": {}}
+    return {"config": key, "models": {}}
 
 
-def evaluate(teacher: str, students: dict[str, str], config: EvalConfig, progress: bool = True,
-             evaluation: Evaluation | None = None) -> dict:
-    """Measure the teacher and each student {name: path}; resumes from metrics.json."""
-    from models.load import LoadOptions, load_model
-
-    out = Path(config.out)
+def evaluate(evaluation: Evaluation, students: dict[str, str], out_dir: str | Path, progress: bool = True) -> dict:
+    """Measure the evaluation's teacher and each student {name: path} into `out_dir`; resumes
+    from its metrics.json."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / METRICS_FILE
-    metrics = _load_metrics(path, config)
-    metrics["teacher"] = teacher
-    ev = evaluation or Evaluation.open(teacher, config)
-    todo = {"teacher": teacher, **students}
+    metrics = _load_metrics(path, evaluation.key())
+    metrics["teacher"] = evaluation.teacher_path
+    todo = {"teacher": evaluation.teacher_path, **students}
     for name, model_path in tqdm(todo.items(), desc="evaluate", unit="model", disable=not progress):
-        fingerprint = _fingerprint(model_path)
+        fingerprint = model_fingerprint(model_path)
         done = metrics["models"].get(name)
         if done and done.get("fingerprint") == fingerprint:
             continue
         if name == "teacher":
-            model, tokenizer = ev.teacher, ev.tokenizer
+            model, tokenizer = evaluation.teacher, evaluation.tokenizer
         else:
-            model, tokenizer = load_model(model_path, LoadOptions(dtype=config.dtype, device=config.device))
-        result = ev.measure(name, model, tokenizer, progress)
+            model, tokenizer = load_model(model_path, evaluation.load)
+        result = evaluation.measure(name, model, tokenizer, out, progress)
         metrics["models"][name] = {"path": model_path, "fingerprint": fingerprint, **result}
-        write_atomic(path, json.dumps(metrics, indent=1) + "\n")
+        write_json(path, metrics)
         del model
     # Only the models asked for this time, in the order asked (older entries stay on disk only).
     metrics["models"] = {name: metrics["models"][name] for name in todo}
@@ -321,8 +255,6 @@ METRIC_LEGEND = ("ppl: perplexity of the reference answers. KL: KL(teacher || mo
 
 
 def write_report(metrics: dict, out_dir: str | Path, title: str = "Evaluation") -> Path:
-    from compress.plots import plot_metrics
-
     out = Path(out_dir)
     for split in metrics["config"]["splits"]:
         plot_metrics(metrics, split, [(key, title) for key, title, _, _ in COLUMNS], out / f"metrics_{split}.png")
@@ -343,17 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "NAME=DIR names its row")
     parser.add_argument("--data", required=True, help="corpus directory (python -m data.build)")
     parser.add_argument("--out", required=True, help="where metrics.json, report.md and plots go")
-    parser.add_argument("--split", action="append", help="test, val, known (train cells not used for calibration), "
-                        "train; repeatable (default: test and known)")
-    parser.add_argument("--limit", type=int, default=EvalConfig.limit, help="samples per split (0 = all)")
-    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
-    parser.add_argument("--latency-queries", type=int, default=EvalConfig.latency_queries)
     parser.add_argument("--pois", default=str(SYDNEY), help="POI file the corpus was built from")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_config_flags(parser, EvalConfig)
+    add_load_flags(parser, dtype=EVAL_LOAD.dtype)
     return parser
 
 
@@ -370,17 +294,14 @@ def parse_students(specs: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.load import ModelLoadError
-
     args = build_parser().parse_args(argv)
-    config = EvalConfig(args.data, args.out, tuple(args.split or ("test", "known")), args.limit or None,
-                        args.max_new_tokens, args.temperature, args.batch_size, args.latency_queries,
-                        seed=args.seed, pois=args.pois, device=args.device, dtype=args.dtype)
     try:
-        metrics = evaluate(args.teacher, parse_students(args.student), config)
+        students = parse_students(args.student)
+        evaluation = Evaluation.open(args.teacher, args.data, config_from_args(EvalConfig, args), args.pois,
+                                     load_options(args))
+        metrics = evaluate(evaluation, students, args.out)
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     report = write_report(metrics, args.out)
     print(report.read_text(encoding="utf-8"))
     return 0

@@ -9,6 +9,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from core.artifacts import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    """The figure as a PNG at `path`, written whole or not at all; the figure is closed."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
 
 def _state_labels(states: list[str]) -> list[str]:
     # "output.7" -> "7" (the state after layer 7), "input.0" -> "in0"
@@ -32,9 +44,7 @@ def plot_similarity(result: dict, out_dir: Path) -> Path:
             fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(f"Layer similarity: {Path(result['model']).name}, {result['samples']} samples, {result['tokens']} tokens")
     path = out_dir / "similarity.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_importance(result: dict, out_dir: Path) -> Path:
@@ -62,9 +72,7 @@ def plot_importance(result: dict, out_dir: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("Per-layer redundancy (low = candidate for deletion)")
     path = out_dir / "importance.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path: Path) -> Path:
@@ -87,9 +95,7 @@ def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     fig.suptitle(f"split {split}")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
@@ -105,9 +111,7 @@ def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_qa(rows: list[dict], path: Path) -> Path:
@@ -128,6 +132,4 @@ def plot_qa(rows: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -21,13 +21,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.artifacts import sha256_file
+from core.artifacts import H5_FILE, METADATA_FILE, atomic_path, sha256_file, write_atomic
 
-METADATA = "metadata.jsonl"
-H5_FILE = "activations.h5"
 PARTS = "parts"
 FORMATS = ("pt", "h5")
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -38,7 +37,8 @@ class ShardError(RuntimeError):
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """Checksum of named tensors independent of the container: names, dtypes, shapes, bytes."""
+    """Checksum of named tensors independent of the container: names, dtypes, shapes, bytes.
+    Streamed tensor by tensor (core.artifacts hashes files and strings whole)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -49,7 +49,7 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def read_metadata(out_dir: Path) -> list[dict]:
     """Rows of metadata.jsonl; a torn last line (a kill during the append) is ignored."""
-    path = Path(out_dir) / METADATA
+    path = Path(out_dir) / METADATA_FILE
     if not path.is_file():
         return []
     rows = []
@@ -63,12 +63,16 @@ def read_metadata(out_dir: Path) -> list[dict]:
     return rows
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb") as f:
+def _fsync(path: Path) -> None:
+    # On disk before it is renamed into place and listed: a power cut cannot list an empty shard.
+    with open(path, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        _fsync(tmp)
 
 
 class ShardWriter:
@@ -87,9 +91,7 @@ class ShardWriter:
         self.count = len(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        from core.artifacts import write_atomic
-
-        write_atomic(self.out_dir / METADATA, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(self.out_dir / METADATA_FILE, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict, tensors: dict[str, torch.Tensor]) -> dict:
         """Store one sample, then list it. Returns the metadata row."""
@@ -109,7 +111,7 @@ class ShardWriter:
             "file": str(path.relative_to(self.out_dir)),
             "sha256": sha256_file(path),
         }
-        with open(self.out_dir / METADATA, "a", encoding="utf-8") as f:
+        with open(self.out_dir / METADATA_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -124,29 +126,25 @@ class ShardWriter:
         rows = read_metadata(self.out_dir)
         if all(row.get("group") for row in rows) and (self.out_dir / H5_FILE).exists():
             return
-        import h5py
-
         target = self.out_dir / H5_FILE
-        tmp = self.out_dir / f".{H5_FILE}.{os.getpid()}.tmp"
-        old = h5py.File(target, "r") if target.exists() else None
-        try:
-            with h5py.File(tmp, "w") as out:
-                for row in rows:
-                    if row.get("group"):
-                        old.copy(old[row["group"]], out, name=row["group"])
-                        continue
-                    group_name = f"sample_{row['index']:05d}"
-                    tensors = load_file(str(self.out_dir / row["file"]))
-                    group = out.create_group(group_name)
-                    for key, tensor in tensors.items():
-                        _write_dataset(group, key, tensor)
-                    row.update(file=H5_FILE, group=group_name, sha256=tensors_sha256(tensors))
-        finally:
-            if old is not None:
-                old.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            old = h5py.File(target, "r") if target.exists() else None
+            try:
+                with h5py.File(tmp, "w") as out:
+                    for row in rows:
+                        if row.get("group"):
+                            old.copy(old[row["group"]], out, name=row["group"])
+                            continue
+                        group_name = f"sample_{row['index']:05d}"
+                        tensors = load_file(str(self.out_dir / row["file"]))
+                        group = out.create_group(group_name)
+                        for key, tensor in tensors.items():
+                            _write_dataset(group, key, tensor)
+                        row.update(file=H5_FILE, group=group_name, sha256=tensors_sha256(tensors))
+            finally:
+                if old is not None:
+                    old.close()
+            _fsync(tmp)
         self._rewrite(rows)
         for part in (self.out_dir / PARTS).glob("*.safetensors"):
             part.unlink()
@@ -190,11 +188,9 @@ class CaptureReader:
     def load(self, row: dict) -> dict[str, torch.Tensor]:
         path = self.out_dir / row["file"]
         if not path.is_file():
-            raise ShardError(f"{path}: missing (listed in {METADATA} for sample {row['id']})")
+            raise ShardError(f"{path}: missing (listed in {METADATA_FILE} for sample {row['id']})")
         if row.get("group"):
             if self._h5 is None:
-                import h5py
-
                 self._h5 = h5py.File(path, "r")
             if row["group"] not in self._h5:
                 raise ShardError(f"{self._where(row)}: group missing")
@@ -212,7 +208,7 @@ class CaptureReader:
                 raise ShardError(f"{self._where(row)}: unreadable ({exc})") from exc
         else:
             if not path.is_file():
-                raise ShardError(f"{path}: missing (listed in {METADATA} for sample {row['id']})")
+                raise ShardError(f"{path}: missing (listed in {METADATA_FILE} for sample {row['id']})")
             actual = sha256_file(path)
         if actual != row["sha256"]:
             raise ShardError(f"{self._where(row)}: SHA-256 mismatch, the shard is corrupt")

@@ -20,6 +20,9 @@ per-sample mean |activation|, L2 over samples; entropy-weighted or not) or from 
 or with a parameter budget instead of sizes (`solve_budget`):
 
     python -m compress.width --model M --importance out/capture --params 3e9 --out DIR
+
+A depth-pruned student is scored with the capture of the teacher layers it kept: its
+pruning_plan.json (or --depth-plan) names them.
 """
 
 from __future__ import annotations
@@ -27,13 +30,59 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from models.load import decoder_layers, layer_parts, layout_of
-from models.shapes import BUDGET_AXES, parameter_count, parse_count, solve_budget
+from compress.depth import kept_layers
+from compress.model_flags import add_model_flags, load_options
+from compress.stats import VARIANTS
+from core.artifacts import IMPORTANCE_FILE, WIDTH_PLAN_FILE, write_json
+from core.cli import add_config_flags, config_from_args, fail
+from models.checkpoint import save_model_dir
+from models.load import LoadOptions, ModelLoadError, decoder_layers, layer_parts, layout_of, load_model
+from models.shapes import BUDGET_AXES, parse_count, solve_budget
+
+SOURCES = ("activation", "magnitude", "random")
+SIZES = ("heads", "kv_heads", "ffn", "hidden")
+PLAN_FILE = WIDTH_PLAN_FILE
+
+
+@dataclass(frozen=True)
+class WidthConfig:
+    """Width pruning: the CLI's flags and the pipeline's [width] section: a parameter budget or
+    explicit sizes, and what scores the channels (the model, the capture's importance and the
+    output folder are not settings: prune_to_width takes them)."""
+
+    params: str | None = field(default=None, metadata={
+        "help": "a parameter budget (3e9, 3B, 800M) solved into sizes, instead of sizes"})
+    budget_axes: tuple[str, ...] = field(default=("hidden", "ffn"), metadata={
+        "help": "widths the budget shrinks", "choices": BUDGET_AXES})
+    heads: int | None = field(default=None, metadata={"help": "query heads (a multiple of the KV heads kept)"})
+    kv_heads: int | None = field(default=None, metadata={"help": "KV groups, each with all of its query heads"})
+    ffn: int | None = field(default=None, metadata={"help": "FFN neurons per layer"})
+    hidden: int | None = field(default=None, metadata={"help": "hidden size"})
+    source: str = field(default="activation", metadata={
+        "help": "what scores channels: the capture's activations, weight magnitude, or random", "choices": SOURCES})
+    variant: str = field(default="weighted", metadata={
+        "help": "activation scores from entropy-weighted tokens or all alike", "choices": VARIANTS})
+    seed: int = field(default=0, metadata={"help": "for --source random"})
+
+    def __post_init__(self) -> None:
+        if self.params is not None and any(getattr(self, k) is not None for k in SIZES):
+            raise ValueError("give either params or sizes (heads, kv_heads, ffn, hidden), not both")
+
+    def sizes(self, model_config) -> dict[str, int]:
+        """The target sizes, solved from the budget for `model_config` when one is given."""
+        if self.params is not None:
+            return solve_budget(model_config, parse_count(self.params), tuple(self.budget_axes))["sizes"]
+        sizes = {k: getattr(self, k) for k in SIZES if getattr(self, k) is not None}
+        if not sizes:
+            raise ValueError("width pruning needs params (a budget) or at least one of heads, kv_heads, ffn, hidden")
+        return sizes
 
 
 def _linear(old: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
@@ -185,9 +234,6 @@ def keep_heads_in_groups(scores: torch.Tensor, kv_heads: int, per_group: int) ->
     return torch.cat(chosen)
 
 
-SOURCES = ("activation", "magnitude", "random")
-
-
 def importance_scores(model: nn.Module, source: str = "activation", importance_file: str | None = None,
                       variant: str = "weighted", seed: int = 0, source_layers: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Scores per layer for FFN neurons [L, ffn] and query heads [L, heads], and for hidden
@@ -220,8 +266,6 @@ def importance_scores(model: nn.Module, source: str = "activation", importance_f
         raise ValueError(f"unknown importance source {source!r}; choose {', '.join(SOURCES)}")
     if importance_file is None:
         raise ValueError("activation importance needs the capture's importance.safetensors")
-    from safetensors import safe_open
-
     with safe_open(str(importance_file), "pt") as f:
         captured = json.loads(f.metadata()["layers"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -265,71 +309,74 @@ def prune_width(model: nn.Module, scores: dict[str, torch.Tensor], kv_heads: int
     return kept
 
 
-PLAN_FILE = "width_plan.json"
-
-
 def write_plan(out_dir: str | Path, pruned: nn.Module, kept: dict, before: int, **origin) -> dict:
     """width_plan.json next to a pruned checkpoint: where it came from, its sizes, what was kept."""
-    from core.artifacts import write_atomic
-
     c = pruned.config
     plan = {**origin,
             "sizes": {"kv_heads": c.num_key_value_heads, "heads": c.num_attention_heads,
                       "ffn": c.intermediate_size, "hidden": c.hidden_size},
             "parameters": {"before": before, "after": sum(p.numel() for p in pruned.parameters())},
             "kept": {k: [t.tolist() for t in v] if isinstance(v, list) else v.tolist() for k, v in kept.items()}}
-    write_atomic(Path(out_dir) / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    write_json(Path(out_dir) / PLAN_FILE, plan)
     return plan
 
 
-def main(argv: list[str] | None = None) -> int:
-    from compress.analyze import IMPORTANCE_FILE
-    from models.checkpoint import save_model_dir
-    from models.load import LoadOptions, ModelLoadError, load_model
+def importance_path(path: str | Path | None) -> Path | None:
+    """importance.safetensors, given as the file or as the capture / analysis folder holding it."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        path = path / IMPORTANCE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no importance file at {path}: run python -m compress.analyze")
+    return path
 
+
+def width_scores(model: nn.Module, config: WidthConfig, importance: str | Path | None,
+                 source_layers: list[int] | None) -> dict[str, torch.Tensor]:
+    """`importance_scores` as `config` asks for them (`importance`: file or folder)."""
+    path = importance_path(importance)
+    return importance_scores(model, config.source, None if path is None else str(path), config.variant, config.seed,
+                             source_layers=source_layers)
+
+
+def prune_to_width(model_path: str, load: LoadOptions, config: WidthConfig, out_dir: str | Path,
+                   importance: str | Path | None = None, depth_plan: str | Path | None = None) -> dict:
+    """Load `model_path`, prune it to `config`'s sizes and write it with width_plan.json to
+    `out_dir`; returns the plan. A depth-pruned model is scored with the capture of the teacher
+    layers it kept: `depth_plan` (pruning_plan.json), by default the one in its own folder."""
+    source_layers = kept_layers(depth_plan, required=True) if depth_plan else kept_layers(model_path)
+    importance = importance_path(importance)  # missing: fail before the model is loaded
+    model, tokenizer = load_model(model_path, load)
+    before = sum(p.numel() for p in model.parameters())
+    kept = prune_width(model, width_scores(model, config, importance, source_layers), **config.sizes(model.config))
+    out = save_model_dir(model, tokenizer, out_dir)
+    return write_plan(out, model, kept, before, model=model_path, **asdict(config))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compress.width",
                                      description="Prune attention heads, KV groups, FFN neurons and hidden channels "
                                      "to uniform target sizes; writes the checkpoint and width_plan.json.")
-    parser.add_argument("--model", required=True, help="model directory or Hugging Face hub id")
+    add_model_flags(parser, device="cpu")  # index selection: nothing for a GPU to speed up
     parser.add_argument("--importance", help="importance.safetensors or the capture/analysis directory holding it")
-    parser.add_argument("--source", choices=SOURCES, default="activation")
-    parser.add_argument("--variant", choices=("weighted", "unweighted"), default="weighted")
-    parser.add_argument("--kv-heads", type=int)
-    parser.add_argument("--heads", type=int, help="query heads (a multiple of the KV heads kept)")
-    parser.add_argument("--ffn", type=int, help="FFN neurons per layer")
-    parser.add_argument("--hidden", type=int, help="hidden size")
-    parser.add_argument("--params", help="parameter budget instead of sizes, e.g. 3e9 or 800M")
-    parser.add_argument("--budget-axes", default="hidden,ffn",
-                        help=f"widths the budget shrinks, from {', '.join(BUDGET_AXES)} (default hidden,ffn)")
-    parser.add_argument("--seed", type=int, default=0, help="for --source random")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    path = Path(args.importance) if args.importance else None
-    if path is not None and path.is_dir():
-        path = path / IMPORTANCE_FILE
+    parser.add_argument("--depth-plan", help="pruning_plan.json naming the teacher layers a depth-pruned model kept "
+                        "(default: the one in the model's directory, if any)")
+    parser.add_argument("--out", required=True, help="directory of the pruned checkpoint")
+    add_config_flags(parser, WidthConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"no importance file at {path}: run python -m compress.analyze")
-        model, tokenizer = load_model(args.model, LoadOptions(dtype=args.dtype, device=args.device))
-        before = sum(p.numel() for p in model.parameters())
-        sizes = {"kv_heads": args.kv_heads, "heads": args.heads, "ffn": args.ffn, "hidden": args.hidden}
-        if args.params is not None:
-            if any(v is not None for v in sizes.values()):
-                raise ValueError("give either --params or sizes (--heads/--kv-heads/--ffn/--hidden), not both")
-            axes = tuple(a.strip() for a in args.budget_axes.split(",") if a.strip())
-            sizes.update(solve_budget(model.config, parse_count(args.params), axes)["sizes"])
-        scores = importance_scores(model, args.source, str(path) if path else None, args.variant, args.seed)
-        kept = prune_width(model, scores, **sizes)
+        plan = prune_to_width(args.model, load_options(args), config_from_args(WidthConfig, args), args.out,
+                              args.importance, args.depth_plan)
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    after = sum(p.numel() for p in model.parameters())
-    out = save_model_dir(model, tokenizer, args.out)
-    plan = write_plan(out, model, kept, before, model=args.model, source=args.source, variant=args.variant,
-                      seed=args.seed)
-    print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {out}")
+        return fail(exc)
+    before, after = plan["parameters"]["before"], plan["parameters"]["after"]
+    print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {args.out}")
     return 0
 
 

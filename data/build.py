@@ -23,27 +23,62 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.artifacts import sha256_file, write_atomic
+from core.cli import add_config_flags, config_from_args, fail
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult
 from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, WriterOptions, make_generator
 from data.generate.template import __file__ as TEMPLATE_SOURCE
 from data.generate.writer_prompt import TEMPLATE_FILES
-from core.artifacts import sha256_file, write_atomic
-from data.poi import SYDNEY, POI, POIError
+from data.poi import POI, SYDNEY, POIError
 from data.poi.loaders import load_any
+from data.prompt import TourQuery, build_messages
 from data.sampling import SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, sample_requests, split_cells
 from data.validate import PlaceNames, text_problems
-from data.prompt import TourQuery, build_messages
+
+# Help for the fields of the sampling and writer options, which live with the code that reads them.
+SAMPLING_HELP = {
+    "strategy": {"help": "uniform: same count per cell; interest-balanced: each interest equally often; "
+                         "density: cells in POI-dense areas more often", "choices": STRATEGIES},
+    "samples_per_cell": "average samples per cell",
+    "seed": "seeds the split, the sampling and the wording",
+    "val_fraction": "share of cells held out for validation",
+    "test_fraction": "share of cells held out for test",
+    "off_interest_rate": "how often a request adds an interest the place lacks",
+    "max_interests": "most interests one request names",
+    "country": "country named in the writer's prompt",
+    "language": "language of the descriptions",
+}
+WRITER_HELP = {
+    "model": f"model name (anthropic default: {DEFAULT_CLAUDE}; openai: required)",
+    "base_url": "server URL, e.g. http://127.0.0.1:8000/v1 for vLLM (openai: required)",
+    "cache_dir": "on-disk cache of answers (unset: .cache/generate)",
+    "concurrency": "requests in flight at once",
+    "max_retries": "retries on 429, 5xx, timeouts, malformed bodies",
+    "timeout": "seconds per request",
+    "max_tokens": "answer length cap",
+    "temperature": "sampling temperature (openai default 0.7; the Anthropic API refuses one)",
+    "price_in": "USD per million input tokens (overrides the built-in table)",
+    "price_out": "USD per million output tokens",
+}
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    out: Path
-    pois: tuple[Path, ...] = (SYDNEY,)
-    backend: str = "template"
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    writer: WriterOptions = field(default_factory=WriterOptions)
-    limit: int | None = None  # at most this many requests per split: a cheap trial of a paid backend
-    progress: bool = True
+    """How the corpus is built: the CLI's flags and the pipeline's [data] section (the output
+    folder is not a setting: build() takes it)."""
+
+    pois: tuple[Path, ...] = field(default=(), metadata={
+        "help": f"POI files (.jsonl in our schema, .csv, or NYC LPC .geojson); unset: the shipped {SYDNEY.name}"})
+    backend: str = field(default="template", metadata={"help": "who writes the descriptions", "choices": BACKENDS})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig,
+                                     metadata={"help": "sampling", "fields": SAMPLING_HELP})
+    writer: WriterOptions = field(default_factory=WriterOptions,
+                                  metadata={"help": "writer models (anthropic, openai)", "fields": WRITER_HELP})
+    limit: int | None = field(default=None, metadata={
+        "help": "at most this many requests per split: a cheap trial of a paid backend"})
+
+    def poi_files(self) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in self.pois) or (SYDNEY,)
 
 
 def _row(request: GenerationRequest, result: GenerationResult) -> dict:
@@ -77,9 +112,9 @@ def load_sources(paths: tuple[Path, ...]) -> list[POI]:
     return pois
 
 
-def build(config: BuildConfig) -> dict:
-    """Run the whole build; returns the summary that is also stored in snapshot.json."""
-    pois = load_sources(config.pois)
+def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
+    """Build the corpus into `out`; returns the summary that is also stored in snapshot.json."""
+    pois = load_sources(config.poi_files())
     cells = cells_from_pois(pois)
     by_split = split_cells(cells, config.sampling)
     requests: list[tuple[str, GenerationRequest]] = []
@@ -94,7 +129,7 @@ def build(config: BuildConfig) -> dict:
     rejects: list[dict] = []
     reasons: Counter[str] = Counter()
 
-    bar = tqdm(total=len(requests), desc=f"writing ({config.backend})", unit="text", disable=not config.progress)
+    bar = tqdm(total=len(requests), desc=f"writing ({config.backend})", unit="text", disable=not progress)
     try:
         for request, outcome in generator.generate_many([r for _, r in requests], progress=bar.update):
             k = order[id(request)]
@@ -119,7 +154,7 @@ def build(config: BuildConfig) -> dict:
         ) from None
     bar.close()
 
-    out = Path(config.out)
+    out = Path(out)
     (out / "texts").mkdir(parents=True, exist_ok=True)
     counts = {}
     for split in SPLITS:
@@ -143,7 +178,7 @@ def build(config: BuildConfig) -> dict:
     }
     snapshot = {
         **summary,
-        "inputs": {_display_path(p): sha256_file(Path(p)) for p in config.pois},
+        "inputs": {_display_path(p): sha256_file(p) for p in config.poi_files()},
         "prompt_templates": {
             str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
             for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
@@ -181,68 +216,21 @@ def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:
         write_atomic(folder / f"{code}.txt", "\n".join(lines))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m data.build",
-        description="Build the tour corpus (train/val/test JSONL) from POI facts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--pois", type=Path, action="append",
-                   help=f"POI file (.jsonl in our schema, .csv, or NYC LPC .geojson); repeatable (default: {SYDNEY.name})")
-    p.add_argument("--backend", choices=BACKENDS, default="template", help="who writes the descriptions")
-    g = p.add_argument_group("writer models (anthropic, openai)")
-    g.add_argument("--model", help=f"model name (anthropic default: {DEFAULT_CLAUDE}; openai: required)")
-    g.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:8000/v1 for vLLM (openai: required)")
-    g.add_argument("--cache-dir", type=Path, default=Path(".cache/generate"), help="on-disk cache of answers")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
-    g.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx, timeouts, malformed bodies")
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--max-tokens", type=int, default=700, help="answer length cap")
-    g.add_argument("--temperature", type=float,
-                   help="sampling temperature (openai default 0.7; the Anthropic API refuses one)")
-    g.add_argument("--price-in", type=float, help="USD per million input tokens (overrides the built-in table)")
-    g.add_argument("--price-out", type=float, help="USD per million output tokens")
-    s = p.add_argument_group("sampling")
-    s.add_argument("--strategy", choices=STRATEGIES, default="uniform",
-                   help="uniform: same count per cell; interest-balanced: each interest equally often; "
-                        "density: cells in POI-dense areas more often")
-    s.add_argument("--samples-per-cell", type=float, default=12.0, help="average samples per cell")
-    s.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the wording")
-    s.add_argument("--val-fraction", type=float, default=0.1, help="share of cells held out for validation")
-    s.add_argument("--test-fraction", type=float, default=0.1, help="share of cells held out for test")
-    s.add_argument("--country", default="Australia", help="country named in the writer's prompt")
-    s.add_argument("--language", default="English", help="language of the descriptions")
-    s.add_argument("--limit", type=int, help="at most this many requests per split (trial runs)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return p
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data.build",
+                                     description="Build the tour corpus (train/val/test JSONL) from POI facts.")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    add_config_flags(parser, BuildConfig)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        config = BuildConfig(
-            out=args.out,
-            pois=tuple(args.pois or (SYDNEY,)),
-            backend=args.backend,
-            sampling=SamplingConfig(
-                strategy=args.strategy, samples_per_cell=args.samples_per_cell, seed=args.seed,
-                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                country=args.country, language=args.language,
-            ),
-            writer=WriterOptions(
-                model=args.model, base_url=args.base_url, cache_dir=args.cache_dir,
-                concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
-                max_tokens=args.max_tokens, temperature=args.temperature,
-                price_in=args.price_in, price_out=args.price_out,
-            ),
-            limit=args.limit,
-            progress=not args.no_progress,
-        )
-        summary = build(config)
+        summary = build(config_from_args(BuildConfig, args), args.out, progress=not args.no_progress)
     except (POIError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -1,11 +1,12 @@
-"""GGUF export for llama.cpp: a Qwen3 checkpoint directory in, one quantized `.gguf` file out.
+"""GGUF export for llama.cpp: a Qwen3 or Llama checkpoint directory in, one quantized `.gguf` file out.
 
     python -m export.gguf --model runs/demo/heal/student --out out/student-q8_0.gguf --quant q8_0
 
-Everything is written through the `gguf` package's writer: the `qwen3` hyper-parameters, the
-tensors under llama.cpp's names (gguf's own name map), the byte-level BPE vocabulary (model
-`gpt2`, pre-tokenizer `qwen2`) with its merges and special ids, and the chat template, so a
-GGUF answers the same ChatML prompt the checkpoint was trained on.
+Everything is written through the `gguf` package's writer: the `qwen3` or `llama` hyper-parameters,
+the tensors under llama.cpp's names (gguf's own name map; a Llama's q/k rows reordered for
+llama.cpp's interleaved rope), the byte-level BPE vocabulary (model `gpt2`, pre-tokenizer `qwen2` or
+`smollm` by how the tokenizer splits text) with its merges and special ids, and the chat template,
+so a GGUF answers the same ChatML prompt the checkpoint was trained on.
 
 `f32`, `f16`, `bf16` and `q8_0` are quantized here with gguf's numpy code. The K-quants
 (`q4_k_m`, `q5_k_m`, `q6_k`) go through llama.cpp's own quantizer (llama-cpp-python's
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from core.artifacts import atomic_path
+from core.cli import fail
 from models.tokenizer import QWEN2_SPLIT
 
 # Names the CLI accepts, with the GGUF file type each one declares.
@@ -86,15 +88,46 @@ def _tensor_type(quant: str):
 # What goes in: config, tokenizer, tensors
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """How one transformers architecture is spelled in llama.cpp."""
+
+    name: str  # llama.cpp's architecture name: the prefix of its hyper-parameter keys
+    model_arch: object  # gguf.MODEL_ARCH member: its tensor name map
+    # llama.cpp's llama graph rotates interleaved pairs of a head's dimensions, transformers rotates
+    # its two halves: q/k rows are reordered on the way out, as llama.cpp's own converter does.
+    interleave_rope: bool
+
+
+ARCHITECTURES = {
+    ("qwen3", "Qwen3ForCausalLM"): Architecture("qwen3", gguf.MODEL_ARCH.QWEN3, interleave_rope=False),
+    ("llama", "LlamaForCausalLM"): Architecture("llama", gguf.MODEL_ARCH.LLAMA, interleave_rope=True),
+}
+
+
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
         raise GGUFExportError(f"no config.json in {model_dir}: not a checkpoint directory")
     config = json.loads(path.read_text())
-    arch = (config.get("architectures") or ["?"])[0]
-    if config.get("model_type") != "qwen3" or arch != "Qwen3ForCausalLM":
-        raise GGUFExportError(f"{model_dir} is {arch} ({config.get('model_type')}); export.gguf writes Qwen3ForCausalLM only")
+    architecture_of(config, model_dir)
     return config
+
+
+def architecture_of(config: dict, where: Path | str = "the checkpoint") -> Architecture:
+    arch = (config.get("architectures") or ["?"])[0]
+    found = ARCHITECTURES.get((config.get("model_type"), arch))
+    if found is None:
+        known = ", ".join(a for _, a in ARCHITECTURES)
+        raise GGUFExportError(f"{where} is {arch} ({config.get('model_type')}); export.gguf writes {known}")
+    return found
+
+
+def interleave_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Reorder each head's rows from halves (0..d/2 | d/2..d) to pairs (0, d/2, 1, d/2 + 1, ...)."""
+    rows, cols = weight.shape
+    half = rows // heads // 2
+    return weight.reshape(heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def rope_settings(config: dict) -> dict:
@@ -122,9 +155,7 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
         raise GGUFExportError(f"tokenizer model {model.get('type')!r}: only byte-level BPE maps to llama.cpp's gpt2 model")
-    patterns = [p["pattern"].get("Regex") for p in _pre_tokenizer_steps(spec) if p.get("type") == "Split"]
-    if patterns != [QWEN2_SPLIT]:
-        raise GGUFExportError(f"pre-tokenizer split {patterns} is not Qwen2's; llama.cpp would split text differently")
+    pre = pre_tokenizer_name(spec)
 
     by_id: dict[int, tuple[str, int]] = {i: (t, gguf.TokenType.NORMAL) for t, i in model["vocab"].items()}
     for added in spec.get("added_tokens", []):
@@ -143,8 +174,9 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
         raise GGUFExportError(f"the tokenizer in {model_dir} has no eos token: generation could never stop")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return {
-        "tokens": tokens, "types": types, "merges": merges,
-        "eos": tok.eos_token_id, "pad": pad,
+        "tokens": tokens, "types": types, "merges": merges, "pre": pre,
+        "eos": tok.eos_token_id, "pad": pad, "unk": tok.unk_token_id,
+        "add_bos": bool(getattr(tok, "add_bos_token", False)),
         # Qwen never prepends a bos; llama.cpp still wants an id, and Qwen's own GGUFs use <|endoftext|>.
         "bos": tok.bos_token_id if tok.bos_token_id is not None else pad,
         "chat_template": tok.chat_template,
@@ -154,6 +186,24 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
 def _pre_tokenizer_steps(spec: dict) -> list[dict]:
     pre = spec.get("pre_tokenizer") or {}
     return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+
+
+def pre_tokenizer_name(spec: dict) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE: `qwen2` (Qwen2's split regex,
+    then bytes), `smollm` (single digits, then bytes with GPT-2's regex: SmolLM2's), `gpt-2` (bytes
+    with GPT-2's regex alone); anything else is refused rather than written with a split llama.cpp
+    would not reproduce."""
+    steps = _pre_tokenizer_steps(spec)
+    kinds = [s.get("type") for s in steps]
+    byte_regex = kinds[-1:] == ["ByteLevel"] and steps[-1].get("use_regex", True)
+    if kinds == ["Split", "ByteLevel"] and steps[0]["pattern"].get("Regex") == QWEN2_SPLIT and not byte_regex:
+        return "qwen2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_regex:
+        return "smollm"
+    if kinds == ["ByteLevel"] and byte_regex:
+        return "gpt-2"
+    raise GGUFExportError(f"pre-tokenizer {json.dumps(spec.get('pre_tokenizer'))[:200]} is not one llama.cpp "
+                          "reproduces (Qwen2's split, SmolLM2's digits + GPT-2 regex, GPT-2's regex)")
 
 
 def checkpoint_tensors(model_dir: Path):
@@ -174,7 +224,7 @@ def gguf_name(hf_name: str, name_map) -> str:
     stem, dot, suffix = hf_name.rpartition(".")
     mapped = name_map.get_name(stem)
     if mapped is None:
-        raise GGUFExportError(f"tensor {hf_name} has no llama.cpp qwen3 name")
+        raise GGUFExportError(f"tensor {hf_name} has no llama.cpp name")
     return f"{mapped}.{suffix}"
 
 
@@ -206,7 +256,7 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", progr
     tied = bool(config.get("tie_word_embeddings", False))
 
     with atomic_path(out) as partial:
-        writer = gguf.GGUFWriter(str(partial), "qwen3", use_temp_file=True)
+        writer = gguf.GGUFWriter(str(partial), architecture_of(config).name, use_temp_file=True)
         try:
             _write_all(writer, model_dir, config, quant, vocab, rope, tied, progress)
         finally:
@@ -239,23 +289,29 @@ def _write_all(writer, model_dir: Path, config: dict, quant: str, vocab: dict, r
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    writer.add_tokenizer_pre(vocab["pre"])
     writer.add_token_list(vocab["tokens"])
     writer.add_token_types(vocab["types"])
     writer.add_token_merges(vocab["merges"])
     writer.add_eos_token_id(vocab["eos"])
     writer.add_pad_token_id(vocab["pad"])
     writer.add_bos_token_id(vocab["bos"])
-    writer.add_add_bos_token(False)
+    if vocab["unk"] is not None:
+        writer.add_unk_token_id(vocab["unk"])
+    writer.add_add_bos_token(vocab["add_bos"])
     if vocab["chat_template"]:
         writer.add_chat_template(vocab["chat_template"])
 
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, layers)
+    arch = architecture_of(config)
+    name_map = gguf.get_tensor_name_map(arch.model_arch, layers)
+    kv_heads = config.get("num_key_value_heads", heads)
     tensors = list(checkpoint_tensors(model_dir))
     for hf_name, load in tqdm(tensors, desc=f"gguf {quant}", unit="tensor", disable=not progress):
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when output.weight is absent
         array = load().float().numpy()
+        if arch.interleave_rope and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            array = interleave_rope_rows(array, heads if "q_proj" in hf_name else kv_heads)
         data, qtype = _quantized(array, quant)
         writer.add_tensor(gguf_name(hf_name, name_map), data, raw_dtype=qtype)
     writer.write_header_to_file()
@@ -342,20 +398,26 @@ def _small(model_dir: Path, limit_bytes: int = 4 << 30) -> bool:
     return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) < limit_bytes
 
 
-def main(argv: list[str] | None = None) -> int:
+DEFAULT_QUANT = "q8_0"  # the command line's, and the pipeline's [export] gguf
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export.gguf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, tokenizer.json, safetensors)")
     parser.add_argument("--out", required=True, help="the .gguf file to write")
-    parser.add_argument("--quant", default="q8_0", choices=QUANTS)
+    parser.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp quantizer threads (K-quants)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         report = export_gguf(args.model, args.out, args.quant, progress=not args.quiet, threads=args.threads)
     except (GGUFExportError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0
 

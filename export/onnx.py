@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.artifacts import atomic_dir
+from core.cli import fail
 
 PRECISIONS = ("fp32", "int8", "int4")
 
@@ -93,7 +94,7 @@ def _write_card(folder: Path, source: Path, precision: str) -> None:
                                                     "builder": "onnxruntime_genai.models.builder"}, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, tokenizer, safetensors)")
     parser.add_argument("--out", required=True, help="folder to create")
@@ -101,17 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-option", action="append", default=[], metavar="KEY=VALUE",
                         help="passed to the builder's --extra_options, e.g. int4_block_size=32")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         extra = dict(item.split("=", 1) for item in args.extra_option)
     except ValueError:
-        print("error: --extra-option takes KEY=VALUE", file=sys.stderr)
-        return 2
+        return fail("--extra-option takes KEY=VALUE")
     try:
         report = export_onnx(args.model, args.out, args.precision, extra)
     except (OnnxExportError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from compress.analyze import ImportanceWeights, analyze, load_stats
-from compress.capture import CaptureConfig, ActivationRecorder, main as capture_main, run_capture, token_entropy
+from compress.capture import CaptureConfig, ActivationRecorder, Sources, main as capture_main, run_capture, token_entropy
 from compress.shards import CaptureReader, ShardError, read_metadata
 from models.load import LoadOptions, load_model
 
@@ -83,10 +83,10 @@ def test_entropy_is_high_for_uniform_and_zero_for_certain_predictions():
 def test_stats_mode_matches_the_raw_shards_and_has_a_fixed_size(micro_teacher, tmp_path):
     texts = [f"Sample {n}: the harbour bridge and the opera house face each other across the water." * (1 + n % 3)
              for n in range(6)]
-    common = dict(model=str(micro_teacher), texts=texts, dtype="float32")
-    run_capture(CaptureConfig(output_dir=str(tmp_path / "raw"), format="pt", shard_dtype="float32", **common), progress=False)
-    run_capture(CaptureConfig(output_dir=str(tmp_path / "stats"), **common), progress=False)
-    run_capture(CaptureConfig(output_dir=str(tmp_path / "stats2"), limit=2, **common), progress=False)
+    common = dict(sources=Sources(texts=texts), load=LoadOptions(dtype="float32"), progress=False)
+    run_capture(str(micro_teacher), tmp_path / "raw", config=CaptureConfig(format="pt", shard_dtype="float32"), **common)
+    run_capture(str(micro_teacher), tmp_path / "stats", **common)
+    run_capture(str(micro_teacher), tmp_path / "stats2", config=CaptureConfig(limit=2), **common)
     def size(d):
         return sum(t.numel() * t.element_size() for t in load_file(str(tmp_path / d / "stats.safetensors")).values())
 
@@ -111,9 +111,9 @@ def test_text_file_samples_dir_layers_and_truncation(micro_teacher, tmp_path):
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "a.txt").write_text("word " * 80)
     with pytest.warns(UserWarning, match="truncated to --max-length 32"):
-        summary = run_capture(CaptureConfig(
-            model=str(micro_teacher), output_dir=str(tmp_path / "o"), text_file=str(tmp_path / "texts.txt"),
-            samples_dir=str(tmp_path / "samples"), layers=[1, 3], max_length=32, format="pt"), progress=False)
+        summary = run_capture(str(micro_teacher), tmp_path / "o", Sources(
+            text_file=str(tmp_path / "texts.txt"), samples_dir=str(tmp_path / "samples")),
+            CaptureConfig(layers=(1, 3), max_length=32, format="pt"), progress=False)
     assert summary["samples"] == 3 and summary["truncated"] == 1
     rows = read_metadata(tmp_path / "o")
     assert [r["id"] for r in rows] == ["texts.txt:0", "texts.txt:2", "file:a.txt"]
@@ -145,8 +145,8 @@ def test_bad_input_fails_with_a_clear_message(micro_teacher, tmp_path, capsys):
 
 
 def test_a_corrupt_or_missing_shard_is_named(micro_teacher, tmp_path):
-    run_capture(CaptureConfig(model=str(micro_teacher), texts=["one text", "two texts"], output_dir=str(tmp_path / "pt"),
-                              format="pt"), progress=False)
+    run_capture(str(micro_teacher), tmp_path / "pt", Sources(texts=["one text", "two texts"]), CaptureConfig(format="pt"),
+                progress=False)
     shard = tmp_path / "pt" / "sample_00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0xFF
@@ -157,8 +157,8 @@ def test_a_corrupt_or_missing_shard_is_named(micro_teacher, tmp_path):
     with pytest.raises(ShardError, match="sample_00001.safetensors: missing"):
         CaptureReader(tmp_path / "pt").verify()
 
-    run_capture(CaptureConfig(model=str(micro_teacher), texts=["one text", "two texts"], output_dir=str(tmp_path / "h5"),
-                              format="h5", shard_dtype="bfloat16"), progress=False)
+    run_capture(str(micro_teacher), tmp_path / "h5", Sources(texts=["one text", "two texts"]),
+                CaptureConfig(format="h5", shard_dtype="bfloat16"), progress=False)
     reader = CaptureReader(tmp_path / "h5")
     assert reader.verify() == 2 and reader.load(reader.rows[1])["output.2"].dtype == torch.bfloat16
     reader.close()
@@ -206,16 +206,17 @@ def test_a_capture_killed_halfway_resumes_without_duplicates_or_corrupt_shards(f
 def test_a_killed_stats_capture_resumes_to_the_same_sums(micro_teacher, tmp_path):
     texts = [f"Text number {n} about Bondi Beach and its surf." for n in range(5)]
     full = tmp_path / "full"
-    run_capture(CaptureConfig(model=str(micro_teacher), texts=texts, output_dir=str(full), dtype="float32"), progress=False)
+    fp32 = LoadOptions(dtype="float32")
+    run_capture(str(micro_teacher), full, Sources(texts=texts), load=fp32, progress=False)
     part = tmp_path / "part"
-    run_capture(CaptureConfig(model=str(micro_teacher), texts=texts[:3], output_dir=str(part), dtype="float32"), progress=False)
-    done = run_capture(CaptureConfig(model=str(micro_teacher), texts=texts, output_dir=str(part), dtype="float32"), progress=False)
+    run_capture(str(micro_teacher), part, Sources(texts=texts[:3]), load=fp32, progress=False)
+    done = run_capture(str(micro_teacher), part, Sources(texts=texts), load=fp32, progress=False)
     assert done["captured_now"] == 2
     a, b = load_stats(full)[0], load_stats(part)[0]
     assert a.samples == b.samples == 5
     assert all(torch.allclose(a.sums[k], b.sums[k], rtol=1e-5, atol=1e-7) for k in a.sums)
     with pytest.raises(Exception, match="different max_length"):
-        run_capture(CaptureConfig(model=str(micro_teacher), texts=texts, output_dir=str(part), max_length=64), progress=False)
+        run_capture(str(micro_teacher), part, Sources(texts=texts), CaptureConfig(max_length=64), progress=False)
 
 
 def test_the_capture_benchmark_and_teacher_report_write_their_pages(micro_teacher, tiny_corpus, tmp_path):

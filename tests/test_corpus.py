@@ -157,8 +157,8 @@ def test_build_writes_splits_texts_rejects_and_a_snapshot(tmp_path):
     src = tmp_path / "pois.jsonl"
     src.write_text(FIXTURE.read_text() + json.dumps(sparse.to_dict()) + "\n")
     out = tmp_path / "corpus"
-    summary = build(BuildConfig(out=out, pois=(src,), progress=False,
-                                sampling=SamplingConfig(samples_per_cell=6, val_fraction=0.2, test_fraction=0.2)))
+    summary = build(BuildConfig(pois=(src,), sampling=SamplingConfig(samples_per_cell=6, val_fraction=0.2,
+                                                                     test_fraction=0.2)), out, progress=False)
 
     rows = {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
     assert summary["accepted"] == {s: len(r) for s, r in rows.items()}
@@ -179,8 +179,8 @@ def test_build_writes_splits_texts_rejects_and_a_snapshot(tmp_path):
     assert {"data/generate/prompts/system.txt", "data/generate/prompts/user.txt",
             "data/generate/template.py"} == set(snapshot["prompt_templates"])
     first = (out / "train.jsonl").read_bytes()
-    build(BuildConfig(out=out, pois=(src,), progress=False,
-                      sampling=SamplingConfig(samples_per_cell=6, val_fraction=0.2, test_fraction=0.2)))
+    build(BuildConfig(pois=(src,), sampling=SamplingConfig(samples_per_cell=6, val_fraction=0.2, test_fraction=0.2)),
+          out, progress=False)
     assert (out / "train.jsonl").read_bytes() == first, "same inputs and seed give the same corpus"
 
 

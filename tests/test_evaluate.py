@@ -11,7 +11,8 @@ import torch
 from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
 from compress.depth import delete_layers
 from models.checkpoint import save_model_dir
-from compress.evaluate import EvalConfig, Evaluation, Scorer, evaluate, forced_metrics, main as evaluate_main, repetition_rate
+from compress.evaluate import EvalConfig, Evaluation, evaluate, forced_metrics, main as evaluate_main
+from models.recall import Scorer, repetition_rate
 from data.corpus import read_split
 from models.load import LoadOptions, load_model
 
@@ -113,7 +114,7 @@ def test_students_with_another_vocabulary_are_refused(micro_teacher, tiny_corpus
     Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)).save_pretrained(other)
     tok.save_pretrained(other)
-    cfg = EvalConfig(str(tiny_corpus), str(tmp_path / "eval"), ("test",), 2, 8, latency_queries=0,
-                     pois=str(FIXTURE_POIS))
+    cfg = EvalConfig(("test",), 2, 8, latency_queries=0)
     with pytest.raises(ValueError, match="vocabulary"):
-        evaluate(str(micro_teacher), {"other": str(other)}, cfg, progress=False)
+        evaluate(Evaluation.open(str(micro_teacher), tiny_corpus, cfg, FIXTURE_POIS), {"other": str(other)},
+                 tmp_path / "eval", progress=False)

@@ -99,7 +99,7 @@ def test_the_cli_trains_on_a_built_corpus_and_saves_a_loadable_directory(tmp_pat
     from data.build import BuildConfig, build
 
     corpus = tmp_path / "corpus"
-    build(BuildConfig(out=corpus, pois=(Path(__file__).parent / "fixtures" / "pois_small.jsonl",), progress=False))
+    build(BuildConfig(pois=(Path(__file__).parent / "fixtures" / "pois_small.jsonl",)), corpus, progress=False)
     run = subprocess.run([sys.executable, "-m", "models.tokenizer", "--data", str(corpus), "--out", str(tmp_path / "tok"),
                           "--vocab-size", "600"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.run import STAGES, main
+from compress.pipeline.stages import STAGE_NAMES as STAGES
+from compress.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.toml"
@@ -135,7 +136,7 @@ def test_broken_configs_are_refused_with_the_reason(tmp_path, capsys):
 
 
 def test_a_finished_run_renders_to_a_results_document_with_its_figures(micro_run, tmp_path):
-    from compress.pipeline_report import main as report_main
+    from compress.pipeline.report import main as report_main
 
     out = tmp_path / "docs" / "pipeline.md"
     assert report_main([str(micro_run / "micro"), "--out", str(out)]) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress.capture import CaptureConfig, run_capture
+from compress.capture import CaptureConfig, Sources, run_capture
 from compress.transport.apply import absorb_norms, rotate_hidden
 from compress.transport.rotation import TransportError, analyse, layer_map, main
 from models.load import load_model
@@ -18,7 +18,7 @@ TEXTS = ["Location: 46V8+74 Sydney\nInterests: history\nStyle: brief",
 
 
 def _capture(model_dir, out, fmt="pt"):
-    run_capture(CaptureConfig(model=str(model_dir), texts=list(TEXTS), output_dir=str(out), format=fmt), progress=False)
+    run_capture(str(model_dir), out, Sources(texts=list(TEXTS)), CaptureConfig(format=fmt), progress=False)
     return out
 
 
@@ -69,8 +69,8 @@ def test_a_narrower_student_gets_pca_then_rotation(captures, tmp_path):
 def test_mismatched_texts_and_damaged_shards_are_named(captures, micro_teacher, tmp_path):
     teacher, student, _ = captures
     other = tmp_path / "other"
-    run_capture(CaptureConfig(model=str(micro_teacher), texts=["something else", *TEXTS[1:]], output_dir=str(other),
-                              format="pt"), progress=False)
+    run_capture(str(micro_teacher), other, Sources(texts=["something else", *TEXTS[1:]]), CaptureConfig(format="pt"),
+                progress=False)
     with pytest.raises(TransportError, match="different tokens"):
         analyse(student, other, [(1, 1)], tmp_path / "rot")
     broken = tmp_path / "broken"

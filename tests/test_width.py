@@ -227,3 +227,48 @@ def test_a_depth_pruned_student_is_scored_by_the_layers_it_kept(micro_teacher, m
     assert torch.equal(scores["neuron"], captured[[0, 1, 3]])
     with pytest.raises(ValueError, match="3 layers but 2"):
         importance_scores(model, "activation", str(micro_analysis / "importance.safetensors"), source_layers=[0, 1])
+
+
+def test_the_cli_and_the_pipeline_prune_a_depth_pruned_student_alike(micro_teacher, micro_analysis, tmp_path):
+    """The width CLI scores a depth-pruned student with the teacher layers it kept, read from its
+    pruning_plan.json (or --depth-plan), as the pipeline's width stage does."""
+    import copy
+    import json
+    import shutil
+
+    from compress.depth import DepthConfig, PruningPlan, kept_layers, prune_to_dir
+    from compress.pipeline.config import PipelineConfig, RunSection, TeacherSection
+    from compress.pipeline.manifest import Run
+    from compress.pipeline.stages import BY_NAME
+    from compress.width import WidthConfig, importance_scores, main, prune_width
+
+    run_dir = tmp_path / "runs" / "w"
+    shutil.copytree(micro_analysis, run_dir / "analyze")
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    prune_to_dir(model, tok, PruningPlan("random", 4, [0, 2, 3], [1]), run_dir / "depth")  # layer 1 is the teacher's 2
+    assert kept_layers(run_dir / "depth") == [0, 2, 3]
+
+    config = PipelineConfig(run=RunSection("w"), teacher=TeacherSection(proxy="micro"), depth=DepthConfig(keep=3),
+                            width=WidthConfig(ffn=96, hidden=48))
+    BY_NAME["width"].run(Run(config, tmp_path / "runs", touch=False))
+    piped = json.loads((run_dir / "width" / "width_plan.json").read_text())
+    assert main(["--model", str(run_dir / "depth"), "--importance", str(micro_analysis), "--ffn", "96",
+                 "--hidden", "48", "--out", str(tmp_path / "cli")]) == 0
+    cli = json.loads((tmp_path / "cli" / "width_plan.json").read_text())
+    assert cli["sizes"] == piped["sizes"] == {"kv_heads": 2, "heads": 4, "ffn": 96, "hidden": 48}
+    assert cli["kept"] == piped["kept"]
+
+    # A plan named on the command line serves a student folder that has none.
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir / "depth", bare)
+    (bare / "pruning_plan.json").unlink()
+    assert main(["--model", str(bare), "--importance", str(micro_analysis), "--ffn", "96", "--hidden", "48",
+                 "--depth-plan", str(run_dir / "depth" / "pruning_plan.json"), "--out", str(tmp_path / "named")]) == 0
+    assert json.loads((tmp_path / "named" / "width_plan.json").read_text())["kept"] == piped["kept"]
+
+    # Scored as if it had kept the teacher's layers 0..2 (the CLI's old behaviour), it would keep other channels.
+    student, _ = load_model(str(run_dir / "depth"), LoadOptions(dtype="float32"))
+    blind = importance_scores(student, "activation", str(micro_analysis / "importance.safetensors"))
+    kept = prune_width(copy.deepcopy(student), blind, ffn=96, hidden=48)
+    assert [k.tolist() for k in kept["ffn"]][1:] != piped["kept"]["ffn"][1:]
+    assert kept["hidden"].tolist() != piped["kept"]["hidden"]

@@ -25,15 +25,20 @@ Qwen3 config can express, so they are refused.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from models.load import decoder_layers, final_norm, layout_of
+from core.artifacts import write_json
+from core.cli import fail
+from models.checkpoint import save_model_dir
+from models.load import LoadOptions, ModelLoadError, decoder_layers, final_norm, layout_of, load_model
 
 
 class TransportSpecError(ValueError):
@@ -151,8 +156,6 @@ def absorb_norms(model: nn.Module) -> None:
 
 
 def load_rotation(path: str | Path, hidden: int, tolerance: float = 1e-4) -> torch.Tensor:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     if "rotation" not in tensors:
         raise TransportSpecError(f"{path}: no tensor named 'rotation'")
@@ -219,10 +222,6 @@ def logit_gap(before: nn.Module, after: nn.Module, ids: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import copy
-
-    from models.load import LoadOptions, ModelLoadError, load_model
-
     parser = argparse.ArgumentParser(prog="python -m compress.transport.apply", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="model directory (or hub id)")
     parser.add_argument("--spec", required=True, help="transport spec JSON")
@@ -236,15 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         original = copy.deepcopy(model)
         done = apply_spec(model, spec)
     except (TransportSpecError, ModelLoadError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     ids = tokenizer(args.probe, return_tensors="pt", add_special_tokens=False)["input_ids"]
     gap = logit_gap(original, model, ids)
-    out = Path(args.output_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = save_model_dir(model, tokenizer, args.output_dir)
     report = {"checkpoint": args.checkpoint, "spec": args.spec, **done, "relative_max_logit_change": gap}
-    (out / "transport.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "transport.json", report, indent=2)
     print(json.dumps(report))
     return 0
 

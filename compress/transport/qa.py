@@ -23,10 +23,16 @@ import math
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from compress.calibration import encode_rows, pad_batch, split_rows
+from compress.depth import kept_layers
+from core.cli import fail
+from core.config import from_table
+from models.load import LoadOptions, decoder_layers, load_model
 
 METRICS = ("logit_kl", "surprisal", "hidden_state_cosine", "residual_rms")
 LOG = Path("logs") / "metrics.jsonl"
@@ -68,22 +74,13 @@ class QAConfig:
             raw = tomllib.loads(text).get("qa", {}) if path.suffix == ".toml" else json.loads(text)
         except (OSError, ValueError) as exc:
             raise QAConfigError(f"cannot read {path}: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise QAConfigError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        missing = {"reference", "candidate", "data"} - set(raw)
-        if missing:
-            raise QAConfigError(f"{path}: missing {sorted(missing)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return from_table(cls, raw, "qa")
 
 
 @torch.no_grad()
 def _states(model, ids: torch.Tensor, mask: torch.Tensor):
     """Logits and every layer's output, all before the final norm: transformers hands back the
     last layer's output after the model's final norm, so that one is taken by a hook instead."""
-    from models.load import decoder_layers
-
     last = {}
     hook = decoder_layers(model)[-1].register_forward_hook(
         lambda module, args, output: last.__setitem__("out", output[0] if isinstance(output, tuple) else output))
@@ -97,15 +94,12 @@ def _states(model, ids: torch.Tensor, mask: torch.Tensor):
 
 @torch.no_grad()
 def measure(config: QAConfig, progress: bool = False) -> dict:
-    from compress.calibration import encode_rows, pad_batch, split_rows
-    from models.load import LoadOptions, load_model
-
     reference, tokenizer = load_model(config.reference, LoadOptions(dtype="float32"))
     candidate, _ = load_model(config.candidate, LoadOptions(dtype="float32"))
     rows = split_rows(config.data, config.split, config.samples)
     sequences = encode_rows(rows, tokenizer, config.max_length)
     n_ref, n_cand = reference.config.num_hidden_layers, candidate.config.num_hidden_layers
-    keep = json.loads(Path(config.plan).read_text())["keep"] if config.plan else list(range(n_cand))
+    keep = kept_layers(config.plan, required=True) if config.plan else list(range(n_cand))
     if len(keep) != n_cand:
         raise QAConfigError(f"the plan keeps {len(keep)} layers, the candidate has {n_cand}")
     channels = None
@@ -181,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         config = QAConfig.from_file(args.config)
         metrics = measure(config)
     except (QAConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     path = log_metrics(config, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "keep"}))
     print(f"appended to {path}")

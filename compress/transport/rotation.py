@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from compress.depth import kept_layers
 from compress.shards import CaptureReader, ShardError
+from core.artifacts import atomic_path
+from core.cli import fail
 
 STATE = "output"  # the residual stream after the layer
 
@@ -101,7 +105,7 @@ def _pairs(student: CaptureReader, teacher: CaptureReader, verify: bool = True):
 
 
 def layer_map(layers: list[str], plan: str | None) -> list[tuple[int, int]]:
-    keep = json.loads(Path(plan).read_text())["keep"] if plan else None
+    keep = kept_layers(plan, required=True) if plan else None
     pairs = []
     for spec in layers:
         s, _, t = str(spec).partition(":")
@@ -123,8 +127,6 @@ def analyse(student_dir: str | Path, teacher_dir: str | Path, layers: list[tuple
     """One ledger row per layer pair. `channels`: the teacher's hidden channels the student kept
     (width_plan.json), for a third cosine: the student's states against those channels as they
     are, the correspondence pruning made before healing moved anything."""
-    from safetensors.torch import save_file
-
     student, teacher = CaptureReader(student_dir), CaptureReader(teacher_dir)
     if not student.rows or not teacher.rows:
         raise TransportError("an empty capture: nothing to compare")
@@ -168,7 +170,8 @@ def analyse(student_dir: str | Path, teacher_dir: str | Path, layers: list[tuple
     for (s_layer, t_layer), (pca, rotation, explained, singular) in maps.items():
         n = sums[(s_layer, t_layer)].tokens
         path = out / f"rotation_s{s_layer}_t{t_layer}.safetensors"
-        save_file({"rotation": rotation.float().contiguous(), "pca": pca.float().contiguous()}, str(path))
+        with atomic_path(path) as tmp:
+            save_file({"rotation": rotation.float().contiguous(), "pca": pca.float().contiguous()}, str(tmp))
         results.append({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "student": str(student_dir), "teacher": str(teacher_dir),
             "student_layer": s_layer, "teacher_layer": t_layer, "tokens": n, "state": STATE,
@@ -200,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         channels = json.loads(Path(args.width_plan).read_text())["kept"]["hidden"] if args.width_plan else None
         results = analyse(args.student, args.teacher, layer_map(args.layer, args.plan), args.out, args.ledger, channels)
     except (TransportError, OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(f"{'layer':>9} {'tokens':>7} {'widths':>9} {'PCA kept':>9} {'cos before':>11} {'cos after':>10}")
     for r in results:
         print(f"{r['student_layer']:>4}<-{r['teacher_layer']:<3} {r['tokens']:>7} "

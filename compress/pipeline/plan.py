@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import math
 
-from compress.run import PipelineConfig, PipelineError, width_sizes
+from transformers import AutoConfig
+
+from compress.pipeline.config import PipelineConfig, PipelineError
+from models.load import LoadOptions, ModelLoadError, load_config
+from models.shapes import parameter_count, shrunk_config
+from train.proxy import PRESETS, qwen3_config
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 GPU_GIB = 80  # one H100
@@ -19,20 +24,16 @@ def teacher_config(config: PipelineConfig):
     """(config, where it came from)."""
     t = config.teacher
     if t.proxy:
-        from models.proxy import PRESETS, qwen3_config
-
         if t.proxy not in PRESETS:
             raise PipelineError(f"unknown proxy preset {t.proxy!r}; choose {', '.join(PRESETS)}")
-        return qwen3_config(PRESETS[t.proxy]), f"proxy preset `{t.proxy}` (vocabulary at most {PRESETS[t.proxy].vocab_size})"
-    from models.load import LoadOptions, ModelLoadError, load_config
-
+        preset = PRESETS[t.proxy]
+        return qwen3_config(preset), f"proxy preset `{t.proxy}` (vocabulary at most {preset.vocab_size})"
     try:
         return load_config(t.model, LoadOptions(revision=t.revision)), f"{t.model} (its config.json)"
     except ModelLoadError as exc:
         if not t.architecture:
-            raise PipelineError(f"cannot read the config of {t.model} ({exc}); add [teacher.architecture] to plan offline")
-        from transformers import AutoConfig
-
+            raise PipelineError(f"cannot read the config of {t.model} ({exc}); "
+                                "add [teacher.architecture] to plan offline") from None
         arch = dict(t.architecture)
         return AutoConfig.for_model(arch.pop("model_type"), **arch), \
             f"{t.model} ([teacher.architecture] of {config.source}; the hub was not reachable)"
@@ -40,14 +41,15 @@ def teacher_config(config: PipelineConfig):
 
 def shapes(config: PipelineConfig) -> tuple[list[tuple[str, object]], str]:
     """[(stage, config)] for the teacher, after depth and after width pruning."""
-    from models.shapes import shrunk_config
-
     teacher, origin = teacher_config(config)
     n = teacher.num_hidden_layers
     if not 0 < config.depth.keep < n:
         raise PipelineError(f"[depth] keep must be between 1 and {n - 1} for a {n}-layer teacher")
     depth = shrunk_config(teacher, {"layers": config.depth.keep})
-    width = shrunk_config(depth, width_sizes(depth, config.width))
+    try:
+        width = shrunk_config(depth, config.width.sizes(depth))
+    except ValueError as exc:
+        raise PipelineError(f"[width]: {exc}") from None
     return [("teacher", teacher), ("depth", depth), ("depth+width", width)], origin
 
 
@@ -57,8 +59,6 @@ def _gib(n_bytes: float) -> float:
 
 def memory_plan(config: PipelineConfig, stages: list[tuple[str, object]]) -> list[tuple[str, str, float]]:
     """(stage, what is resident, GiB) estimates for the biggest moments of each stage."""
-    from models.shapes import parameter_count
-
     teacher, student = stages[0][1], stages[-1][1]
     dtype = config.teacher.dtype or config.run.dtype
     b = BYTES.get(dtype, 2)
@@ -76,16 +76,16 @@ def memory_plan(config: PipelineConfig, stages: list[tuple[str, object]]) -> lis
     teacher_in_heal = tw if h.method != "finetune" else 0
     return [
         ("capture", "teacher weights + KV cache and logits of one batch", _gib(tw + capture_act)),
-        ("depth (guided)", "teacher weights + one calibration batch's logits", _gib(tw + config.depth.batch_size * seq * teacher.vocab_size * 4 * 2)),
+        ("depth (guided)", "teacher weights + one calibration batch's logits",
+         _gib(tw + config.depth.batch_size * seq * teacher.vocab_size * 4 * 2)),
         ("heal", f"student weights, gradients, AdamW ({h.method}), activations; teacher forward",
          _gib(sw + optimizer + hidden + logits + teacher_in_heal)),
-        ("evaluate", "teacher + student weights, one generation batch", _gib(tw + sw + config.evaluate.batch_size * seq * kv)),
+        ("evaluate", "teacher + student weights, one generation batch",
+         _gib(tw + sw + config.evaluate.batch_size * seq * kv)),
     ]
 
 
 def dry_run(config: PipelineConfig) -> str:
-    from models.shapes import parameter_count
-
     stages, origin = shapes(config)
     lines = [f"dry run of {config.source} (run id {config.run.id}); teacher config: {origin}", "",
              f"{'stage':<13}{'layers':>7}{'hidden':>8}{'heads':>7}{'kv':>5}{'ffn':>8}{'params':>16}"]

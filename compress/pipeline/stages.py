@@ -1,0 +1,221 @@
+"""The nine stages: what each reads, which section sets it, what it leaves, and the glue that runs
+it on a run folder (runs/<run_id>/<stage>/). The driver, the fingerprints and the report read these
+declarations; the work itself is the stage modules' (compress.capture, compress.depth, ...), the
+same functions their CLIs call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from compress.analyze import analyze
+from compress.capture import Sources, run_capture
+from compress.depth import kept_layers, prune_depth
+from compress.evaluate import Evaluation, evaluate, write_report
+from compress.heal import heal, prune_heal_schedule
+from compress.pipeline.config import PipelineError
+from compress.pipeline.manifest import Run
+from compress.width import prune_to_width, width_scores
+from core.artifacts import (
+    ANALYSIS_FILE,
+    CAPTURE_FILE,
+    DEPTH_PLAN_FILE,
+    EVAL_REPORT_FILE,
+    HEAL_FILE,
+    IMPORTANCE_FILE,
+    METRICS_FILE,
+    SNAPSHOT_FILE,
+    WIDTH_PLAN_FILE,
+    write_json,
+)
+from data.build import build
+from data.corpus import read_split
+from data.sampling import SPLITS
+from export.gguf import export_gguf
+from export.onnx import export_onnx
+from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
+from models.load import LoadOptions, load_config, load_model
+from models.shapes import CONFIG_FIELD, parameter_count
+from train.proxy import PRESETS, train_proxy
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # also its folder in the run directory
+    run: Callable[[Run], dict]  # does the work; returns the manifest's summary
+    reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads: their digests are in its fingerprint
+    section: str | None = None  # the config section that sets it
+    outputs: tuple[str, ...] = ()  # files every finished run of it leaves in its folder
+
+
+# ---------------------------------------------------------------- where things are
+
+
+def teacher_path(run: Run) -> str:
+    t = run.config.teacher
+    return str(run.stage_dir("teacher")) if t.proxy else t.model
+
+
+def teacher_options(run: Run) -> LoadOptions:
+    t, r = run.config.teacher, run.config.run
+    return LoadOptions(dtype=t.dtype or r.dtype, device=t.device or r.device, revision=t.revision)
+
+
+def student_options(run: Run) -> LoadOptions:
+    return LoadOptions(dtype=run.config.run.dtype, device=run.config.run.device)
+
+
+def corpus(run: Run) -> Path:
+    return run.stage_dir("data")
+
+
+def evaluated_models(run: Run) -> dict[str, str]:
+    """The students the evaluation compares with the teacher, by stage, in pipeline order."""
+    models = {"depth": run.stage_dir("depth"), "depth+width": run.stage_dir("width")}
+    if run.config.heal.depth_only:
+        models["depth, healed"] = run.stage_dir("heal") / "depth-only"
+    models["depth+width, healed"] = run.stage_dir("heal") / "student"
+    return {k: str(v) for k, v in models.items()}
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def stage_data(run: Run) -> dict:
+    build(run.config.data, corpus(run))
+    snapshot = json.loads((corpus(run) / "snapshot.json").read_text())
+    write_json(run.dir / SNAPSHOT_FILE, snapshot)
+    run.manifest["dataset_snapshot"] = {k: v for k, v in snapshot.items()
+                                        if "sha" in k.lower() or k in ("inputs", "outputs")}
+    counts = {s: len((corpus(run) / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()) for s in SPLITS}
+    return {"samples": counts}
+
+
+def stage_teacher(run: Run) -> dict:
+    t = run.config.teacher
+    if t.proxy:
+        if t.proxy not in PRESETS:
+            raise PipelineError(f"unknown proxy preset {t.proxy!r}; choose {', '.join(PRESETS)}")
+        preset = PRESETS[t.proxy] if t.steps is None else replace(PRESETS[t.proxy], steps=t.steps)
+        report = train_proxy(corpus(run), run.stage_dir("teacher"), preset, seed=run.config.run.seed,
+                             device=run.config.run.device, max_minutes=t.max_minutes)
+        return {"parameters": report["parameters"], "steps": report["steps"], "train_seconds": report["train_seconds"],
+                "fact_recall_train": report["recall_train"]["fact_recall"]}
+    config = load_config(t.model, teacher_options(run))  # checks the architecture before any download
+    run.stage_dir("teacher").mkdir(parents=True, exist_ok=True)
+    return {"model": t.model, "revision": t.revision, "parameters": parameter_count(config)}
+
+
+def stage_capture(run: Run) -> dict:
+    report = run_capture(teacher_path(run), str(run.stage_dir("capture")), Sources(data=str(corpus(run))),
+                         run.config.capture, teacher_options(run))
+    return {k: report[k] for k in ("samples", "tokens") if k in report}
+
+
+def stage_analyze(run: Run) -> dict:
+    result = analyze(run.stage_dir("capture"), run.stage_dir("analyze"), run.config.analyze)
+    return {"layers": len(result["layers"])}
+
+
+def stage_depth(run: Run) -> dict:
+    model, plan = prune_depth(teacher_path(run), teacher_options(run), run.config.depth, run.stage_dir("depth"),
+                              analysis=run.stage_dir("analyze"), data=corpus(run))
+    return {"kept": plan.keep, "removed": plan.removed, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def stage_width(run: Run) -> dict:
+    # The depth stage's folder holds its plan: the student is scored with the teacher layers it kept.
+    plan = prune_to_width(str(run.stage_dir("depth")), LoadOptions(dtype=run.config.run.dtype), run.config.width,
+                          run.stage_dir("width"), importance=run.stage_dir("analyze"))
+    return {"sizes": plan["sizes"], "parameters": plan["parameters"]["after"]}
+
+
+def stage_heal(run: Run) -> dict:
+    h, cfg = run.config.heal, run.config.heal.config
+    teacher = load_model(teacher_path(run), teacher_options(run))[0] if cfg.uses_teacher else None
+    layers = kept_layers(run.stage_dir("depth"))
+    out = run.stage_dir("heal")
+    plan = json.loads((run.stage_dir("width") / WIDTH_PLAN_FILE).read_text())
+    if h.schedule:
+        student, tokenizer = load_model(str(run.stage_dir("depth")), student_options(run))
+        target = {k: v for k, v in plan["sizes"].items() if v != getattr(student.config, CONFIG_FIELD[k])}
+        scores = width_scores(student, run.config.width, run.stage_dir("analyze"), layers)
+        _, report = prune_heal_schedule(student, teacher, tokenizer, scores, target, list(h.schedule), corpus(run),
+                                        cfg, out / "student", layers)
+        schedule = {"schedule": [{k: s[k] for k in ("sizes", "parameters")} for s in report["schedule"]]}
+    else:
+        student, tokenizer = load_model(str(run.stage_dir("width")), student_options(run))
+        channels = torch.tensor(plan["kept"]["hidden"]) if "hidden" in plan["kept"] else None
+        _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "student", layers, channels)
+        schedule = {}
+    summary = {"student": {**schedule, "before": report["before"], "after": report["after"]}}
+    if h.depth_only:
+        student, tokenizer = load_model(str(run.stage_dir("depth")), student_options(run))
+        _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "depth-only", layers)
+        summary["depth-only"] = {"before": report["before"], "after": report["after"]}
+    return summary
+
+
+def stage_evaluate(run: Run) -> dict:
+    e = run.config.evaluate
+    evaluation = Evaluation.open(teacher_path(run), corpus(run), e, load=student_options(run))
+    metrics = evaluate(evaluation, evaluated_models(run), run.stage_dir("evaluate"))
+    write_report(metrics, run.stage_dir("evaluate"), f"Evaluation of run {run.config.run.id}")
+    return {name: {split: {k: round(v, 4) for k, v in m["splits"][split].items() if isinstance(v, float)}
+                   for split in e.splits} for name, m in metrics["models"].items()}
+
+
+def stage_export(run: Run) -> dict:
+    x = run.config.export
+    student = run.stage_dir("heal") / "student"
+    out = run.stage_dir("export")
+    summary: dict = {}
+    for quant in x.gguf:
+        report = export_gguf(student, out / f"student-{quant}.gguf", quant)
+        summary[f"gguf {quant}"] = {"file": Path(report.out).name, "bytes": report.bytes, "types": report.tensor_types,
+                                    "notes": report.notes}
+    for precision in x.onnx:
+        report = export_onnx(student, out / f"student-onnx-{precision}", precision)
+        summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
+    if x.check and summary:
+        messages = next(iter(read_split(corpus(run), "test")))["messages"]
+        options = GenerationOptions(max_tokens=64)
+        with open_backend("torch", str(student)) as reference:
+            expected = reference.complete(messages, options).text
+        for entry in summary.values():
+            entry["answer"] = _first_answer(out / entry["file"], messages, options, expected)
+    return summary
+
+
+def _first_answer(artifact: Path, messages: list[dict], options, expected: str) -> dict:
+    """One greedy answer from an export, next to the checkpoint's own (`expected`): proof that
+    the file runs (or why it was not run here)."""
+    try:
+        with open_backend(detect_kind(str(artifact)), str(artifact)) as backend:
+            done = backend.complete(messages, options)
+    except BackendError as exc:
+        return {"ran": False, "why": str(exc)}
+    return {"ran": True, "text": done.text, "same_as_torch": done.text == expected,
+            "tokens_per_s": done.stats.tokens_per_s}
+
+
+STAGES = (
+    Stage("data", stage_data, section="data", outputs=tuple(f"{s}.jsonl" for s in SPLITS) + ("snapshot.json",)),
+    Stage("teacher", stage_teacher, reads=("data",), section="teacher"),  # a hub teacher leaves no files
+    Stage("capture", stage_capture, reads=("data", "teacher"), section="capture", outputs=(CAPTURE_FILE,)),
+    Stage("analyze", stage_analyze, reads=("capture",), section="analyze", outputs=(ANALYSIS_FILE, IMPORTANCE_FILE)),
+    Stage("depth", stage_depth, reads=("data", "teacher", "analyze"), section="depth",
+          outputs=(DEPTH_PLAN_FILE, "config.json")),
+    Stage("width", stage_width, reads=("analyze", "depth"), section="width", outputs=(WIDTH_PLAN_FILE, "config.json")),
+    Stage("heal", stage_heal, reads=("data", "teacher", "analyze", "depth", "width"), section="heal",
+          outputs=(f"student/{HEAL_FILE}",)),
+    Stage("evaluate", stage_evaluate, reads=("data", "teacher", "depth", "width", "heal"), section="evaluate",
+          outputs=(METRICS_FILE, EVAL_REPORT_FILE)),
+    Stage("export", stage_export, reads=("data", "heal"), section="export"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+BY_NAME = {s.name: s for s in STAGES}

@@ -1,0 +1,69 @@
+"""One config class per stage: its CLI's flags and the pipeline's section for it are the same class,
+so what a user leaves unset means the same on the command line and in a TOML file."""
+
+from pathlib import Path
+
+import pytest
+
+from compress import capture, depth, evaluate, heal, width
+from compress.analyze import ImportanceWeights
+from compress.pipeline.config import PipelineError, load_config
+from core.cli import config_from_args
+from data import build
+from export import gguf
+
+# [section] of a minimal TOML file, the stage's parser, its config class, the flags every run needs
+# (paths, and what the section must be told as well).
+CASES = {
+    "data": (build.build_parser, build.BuildConfig, ["--out", "o"]),
+    "capture": (capture.build_parser, capture.CaptureConfig, ["--model", "m", "--output-dir", "o"]),
+    "depth": (depth.build_parser, depth.DepthConfig, ["--model", "m", "--out", "o", "--keep", "2"]),
+    "width": (width.build_parser, width.WidthConfig, ["--model", "m", "--out", "o", "--params", "1M"]),
+    "evaluate": (evaluate.build_parser, evaluate.EvalConfig, ["--teacher", "t", "--data", "d", "--out", "o"]),
+    "heal": (heal.build_parser, heal.HealConfig, ["--student", "s", "--data", "d", "--out", "o"]),
+}
+MINIMAL = "[run]\nid = 'x'\n[teacher]\nproxy = 'micro'\n[depth]\nkeep = 2\n[width]\nparams = '1M'\n"
+
+
+@pytest.fixture
+def minimal(tmp_path):
+    path = tmp_path / "minimal.toml"
+    path.write_text(MINIMAL)
+    return load_config(path)
+
+
+@pytest.mark.parametrize("section", CASES)
+def test_every_stage_cli_defaults_to_its_pipeline_section(section, minimal):
+    build_parser, cls, needed = CASES[section]
+    from_cli = config_from_args(cls, build_parser().parse_args(needed))
+    in_pipeline = getattr(minimal, section)
+    assert from_cli == (in_pipeline.config if section == "heal" else in_pipeline)
+
+
+def test_the_analysis_and_export_defaults_are_shared_too(minimal):
+    assert ImportanceWeights.parse("") == minimal.analyze == ImportanceWeights()
+    assert gguf.build_parser().parse_args(["--model", "m", "--out", "o"]).quant == minimal.export.gguf[0]
+
+
+def test_the_run_seed_seeds_every_section_that_does_not_set_its_own(tmp_path):
+    path = tmp_path / "seeded.toml"
+    path.write_text(MINIMAL.replace("id = 'x'", "id = 'x'\nseed = 7") + "[evaluate]\nseed = 3\n")
+    config = load_config(path)
+    assert (config.depth.seed, config.width.seed, config.evaluate.seed) == (7, 7, 3)
+    assert config.settings("depth")["run"]["seed"] == 7
+
+
+def test_paths_are_not_settings(tmp_path):
+    """The pipeline names its own folders: a section cannot, so a run's stages always read each other."""
+    path = tmp_path / "paths.toml"
+    for text in (MINIMAL + "[capture]\noutput_dir = 'x'\n", MINIMAL + "[evaluate]\ndata = 'x'\n",
+                 MINIMAL.replace("keep = 2", "keep = 2\nmodel = 'x'")):
+        path.write_text(text)
+        with pytest.raises(PipelineError, match="unknown key"):
+            load_config(path)
+
+
+def test_the_shipped_presets_load(tmp_path):
+    for name in ("micro", "demo", "qwen3-32b"):
+        config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
+        assert config.run.id == name
