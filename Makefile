@@ -49,12 +49,10 @@ pipeline: install
 
 test: install-dev
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 lint: install-dev
 	$(PY) -m ruff check --fix .
-	$(PY) -m ruff format .
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache app/web/node_modules

@@ -43,7 +43,7 @@ class Coverage:
         self._cells = {p.plus_code for p in places}
 
     @classmethod
-    def load(cls, path: str | Path) -> "Coverage":
+    def load(cls, path: str | Path) -> Coverage:
         rows = json.loads(Path(path).read_text(encoding="utf-8"))["places"]
         return cls([KnownPlace(**row) for row in rows])
 

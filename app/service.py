@@ -11,9 +11,9 @@ from pathlib import Path
 
 from app.coverage import NEAR_M, Coverage
 from data.geo import GeoError, Place, check_coordinates, encode, parse
+from data.prompt import TourQuery
 from data.vocab import check_interests, check_style
 from models.backends import Backend, GenerationOptions
-from data.prompt import TourQuery
 
 
 class RequestError(ValueError):
@@ -64,7 +64,7 @@ class TourRequest:
     style: str
 
     @classmethod
-    def parse(cls, body: dict) -> "TourRequest":
+    def parse(cls, body: dict) -> TourRequest:
         """From the API's JSON: coordinates or a Plus Code, interests, style; each problem named."""
         if not isinstance(body, dict):
             raise RequestError("body", "expected a JSON object")

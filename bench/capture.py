@@ -23,8 +23,15 @@ from pathlib import Path
 import torch
 
 from compress.analyze import analyze, format_table
-from compress.capture import (ActivationRecorder, CaptureConfig, Sources, collect_samples, run_capture, token_entropy,
-                              teacher_sequences)
+from compress.capture import (
+    ActivationRecorder,
+    CaptureConfig,
+    Sources,
+    collect_samples,
+    run_capture,
+    teacher_sequences,
+    token_entropy,
+)
 from compress.stats import Dims, StreamStats, stat_shapes
 from core.artifacts import write_atomic
 from models.load import LoadOptions, decoder_layers, input_device, load_model
@@ -161,7 +168,8 @@ def render(report: dict) -> str:
         "| what is stored | per token | 10,000 x 256 tokens |",
         "|---|---|---|",
         f"| seed plan: one residual state per layer at 1 byte | {ex['seed_per_token'] / 1e3:,.0f} KB | {ex['seed_total'] / 1e12:,.2f} TB |",
-        f"| raw, residual states only (post-attn + output), fp16 | {ex['residual_per_token'] / 1e3:,.0f} KB | {ex['residual_total'] / 1e12:,.2f} TB |",
+        f"| raw, residual states only (post-attn + output), fp16 | {ex['residual_per_token'] / 1e3:,.0f} KB "
+        f"| {ex['residual_total'] / 1e12:,.2f} TB |",
         f"| raw, all four hooks, fp16 | {ex['all_per_token'] / 1e6:,.2f} MB | {ex['all_total'] / 1e12:,.1f} TB |",
         f"| stats mode (float64 sums, both variants) | - | {ex['stats_bytes'] / 1e6:,.0f} MB, fixed |",
         "",
@@ -231,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale_preset:
         # The same sequences through a randomly initialised model of a bigger preset's shape:
         # timing depends on shapes, not weights, and shows how the overhead shrinks with size.
-        from train.proxy import PRESETS, qwen3_config
         from transformers import Qwen3ForCausalLM
+
+        from train.proxy import PRESETS, qwen3_config
 
         torch.manual_seed(0)
         big = Qwen3ForCausalLM(qwen3_config(PRESETS[args.scale_preset], tokenizer)).to(args.device).eval()

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
+from bench import reproduce_command
 from compress.analyze import analyze
 from compress.capture import CaptureConfig, Sources, run_capture
-from compress.depth import (BASELINES, PLAN_FILE, GuidedConfig, calibration_for, make_plan, prune_to_dir)
+from compress.depth import BASELINES, PLAN_FILE, GuidedConfig, calibration_for, make_plan, prune_to_dir
 from compress.evaluate import COLUMNS, HIGHER_IS_BETTER, EvalConfig, Evaluation, evaluate
 from core.artifacts import write_atomic
 from data.poi import SYDNEY
 from models.load import decoder_layers
-from bench import reproduce_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = (0.25, 0.375, 0.5)
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(metrics, work / "eval", title=f"Depth pruning students of {args.teacher}")
 
     latency: dict[str, list[float]] = {}
-    for name, m in metrics["models"].items():
+    for m in metrics["models"].values():
         lat = m.get("latency") or {}
         if lat:
             latency.setdefault(str(m["layers"]), []).append((lat["latency_s"], lat["tokens_per_s"]))

@@ -48,7 +48,7 @@ def start_app(extra: list[str]) -> tuple[subprocess.Popen, str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the app did not start: {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"the app did not start: {proc.stderr.read().decode()[-2000:]}") from None
             time.sleep(0.3)
 
 

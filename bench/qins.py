@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import reproduce_command
 from compress.calibration import encode_rows, split_rows
 from compress.evaluate import forced_metrics
 from core.artifacts import write_atomic
 from export import qins
-from bench import reproduce_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "results" / "qins.md"
@@ -172,7 +172,7 @@ def section_bits(path: Path) -> dict[str, float]:
     header = qins.read_header(path)
     coded = [t for t in header["tensors"] if t["kind"] == "coded"]
     values = sum(int(np.prod(t["shape"])) for t in coded)
-    totals = {name: 0 for name in qins.SECTIONS}
+    totals = dict.fromkeys(qins.SECTIONS, 0)
     for t in coded:
         for name, (_, size) in t["sections"].items():
             totals[name] += size

@@ -51,7 +51,7 @@ class ImportanceWeights:
     cka: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> "ImportanceWeights":
+    def parse(cls, text: str) -> ImportanceWeights:
         values = {}
         for item in filter(None, (p.strip() for p in text.split(","))):
             key, _, value = item.partition("=")

@@ -36,7 +36,7 @@ from compress.model_flags import add_model_flags, load_options
 from compress.shards import FORMATS, STORE_DTYPES, ShardWriter
 from compress.stats import Dims, StreamStats, sample_keys
 from core.artifacts import CAPTURE_FILE, STATS_FILE, atomic_path, write_json
-from core.cli import add_config_flags, config_from_args, fail
+from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from data.corpus import read_split
 from models.generate import generate_batch
 from models.load import LoadOptions, ModelLoadError, decoder_layers, input_device, layer_parts, load_model
@@ -316,10 +316,10 @@ def _capture(todo: list[Sample], model, tokenizer, recorder: ActivationRecorder,
     for sample, inp, out in teacher_sequences(todo, model, tokenizer, config):
         ids = inp + out
         if len(ids) > config.max_length:
-            warnings.warn(f"sample {sample.id}: {len(ids)} tokens truncated to --max-length {config.max_length}")
+            warnings.warn(f"sample {sample.id}: {len(ids)} tokens truncated to --max-length {config.max_length}", stacklevel=2)
             ids, truncated = ids[: config.max_length], truncated + 1
         if not ids:
-            warnings.warn(f"sample {sample.id} is empty; skipped")
+            warnings.warn(f"sample {sample.id} is empty; skipped", stacklevel=2)
             continue
         started = time.perf_counter()
         with torch.no_grad(), recorder.recording():
@@ -334,12 +334,10 @@ def _capture(todo: list[Sample], model, tokenizer, recorder: ActivationRecorder,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m compress.capture",
-        description="Record a teacher's layer activations on tour-guide text (stats or raw shards).",
-        epilog="Example: python -m compress.capture --model out/teacher-demo --data out/corpus "
-        "--output-dir out/capture --limit 256 --analyze",
-    )
+    parser = new_parser("python -m compress.capture",
+                        "Record a teacher's layer activations on tour-guide text (stats or raw shards).",
+                        "python -m compress.capture --model out/teacher-demo --data out/corpus "
+                        "--output-dir out/capture --limit 256 --analyze")
     add_model_flags(parser, quantization=True)
     parser.add_argument("--output-dir", required=True, help="where stats / shards / metadata go")
     add_config_flags(parser, Sources)
@@ -349,12 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = run_capture(args.model, args.output_dir, config_from_args(Sources, args),
-                              config_from_args(CaptureConfig, args), load_options(args))
-    except (CaptureError, OSError, ValueError) as exc:
-        return fail(exc)
+    return run_command(build_parser(), argv, _command, (CaptureError, OSError, ValueError))
+
+
+def _command(args) -> int:
+    summary = run_capture(args.model, args.output_dir, config_from_args(Sources, args),
+                          config_from_args(CaptureConfig, args), load_options(args))
     print(json.dumps(summary))
     if args.analyze:
         print(format_table(analyze(args.output_dir)))

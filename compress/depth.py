@@ -47,7 +47,7 @@ from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, 
 from compress.model_flags import add_model_flags, load_options
 from compress.stats import VARIANTS
 from core.artifacts import ANALYSIS_FILE, DEPTH_PLAN_FILE, write_atomic
-from core.cli import add_config_flags, config_from_args, fail
+from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, decoder_layers, layout_of, load_model
 
@@ -312,9 +312,9 @@ def _layer_scores(analysis: dict | None, n: int) -> list[dict]:
 def _reasons(strategy: str, removed: list[int], analysis: dict | None, variant: str, seed: int,
              trace: dict | None) -> dict[int, str]:
     if strategy == "alternate":
-        return {l: "every other layer by position; no data used" for l in removed}
+        return dict.fromkeys(removed, "every other layer by position; no data used")
     if strategy == "random":
-        return {l: f"random draw (seed {seed}); no data used" for l in removed}
+        return dict.fromkeys(removed, f"random draw (seed {seed}); no data used")
     scores = analysis[variant]
     k_of = {layer: k for k, layer in enumerate(analysis["layers"])}
     n = len(analysis["layers"])
@@ -434,12 +434,10 @@ def prune_depth(model_path: str, load: LoadOptions, config: DepthConfig, out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m compress.depth",
-        description="Delete whole decoder layers of a model; writes the pruned checkpoint and pruning_plan.json.",
-        epilog="Example: python -m compress.depth --model out/teacher-demo --analysis runs/capture "
-        "--strategy guided --keep 8 --data out/corpus --out out/depth-guided-8",
-    )
+    parser = new_parser("python -m compress.depth",
+                        "Delete whole decoder layers of a model; writes the pruned checkpoint and pruning_plan.json.",
+                        "python -m compress.depth --model out/teacher-demo --analysis runs/capture "
+                        "--strategy guided --keep 8 --data out/corpus --out out/depth-guided-8")
     add_model_flags(parser)
     parser.add_argument("--analysis", help="analysis.json or its directory (python -m compress.analyze)")
     parser.add_argument("--data", help="corpus directory: calibration samples for --strategy guided")
@@ -449,12 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _, plan = prune_depth(args.model, load_options(args), config_from_args(DepthConfig, args), args.out,
-                              args.analysis, args.data)
-    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
-        return fail(exc)
+    return run_command(build_parser(), argv, _prune, (ValueError, FileNotFoundError, ModelLoadError))
+
+
+def _prune(args) -> int:
+    _, plan = prune_depth(args.model, load_options(args), config_from_args(DepthConfig, args), args.out,
+                          args.analysis, args.data)
     print(f"kept {plan.keep} of {plan.num_layers} layers; removed {plan.removed} ({plan.strategy}) -> {args.out}")
     for row in plan.layers:
         if not row["kept"]:

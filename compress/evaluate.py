@@ -144,7 +144,7 @@ class Evaluation:
 
     @classmethod
     def open(cls, teacher_path: str, data: str | Path, config: EvalConfig = EvalConfig(), pois: str | Path = SYDNEY,
-             load: LoadOptions = EVAL_LOAD, loaded: tuple | None = None) -> "Evaluation":
+             load: LoadOptions = EVAL_LOAD, loaded: tuple | None = None) -> Evaluation:
         """Load the teacher (or take `loaded` = (model, tokenizer) already in memory) and encode
         every split of the corpus `data` once; `pois` is the POI file the corpus was built from.
         Every student is loaded with `load` too."""

@@ -26,7 +26,6 @@ the way to the target sizes), measuring the student after every step.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
@@ -37,11 +36,12 @@ import torch
 from torch import nn
 
 from compress.calibration import encode_rows, split_rows
+from compress.depth import kept_layers
 from compress.evaluate import forced_metrics
 from compress.transport.rotation import procrustes  # the student-teacher map, shared with the diagnostics
 from compress.width import prune_width
-from core.artifacts import DEPTH_PLAN_FILE, HEAL_FILE, corpus_sha, fingerprint, sha256_text, write_json
-from core.cli import add_config_flags, config_from_args, fail
+from core.artifacts import HEAL_FILE, corpus_sha, fingerprint, sha256_text, write_json
+from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
 from models.shapes import CONFIG_FIELD, alignment
@@ -339,9 +339,7 @@ def prune_heal_schedule(student: nn.Module, teacher: nn.Module | None, tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m compress.heal",
-        description="Heal a pruned student by distillation from its teacher, fine-tuning or LoRA.")
+    p = new_parser("python -m compress.heal", "Heal a pruned student by distillation from its teacher, fine-tuning or LoRA.")
     p.add_argument("--student", required=True, help="pruned model directory")
     p.add_argument("--teacher", help="teacher model directory or hub id (not needed for --method finetune)")
     p.add_argument("--data", required=True, help="corpus directory from python -m data.build")
@@ -356,27 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan_layer_map(student_dir: str | Path) -> list[int] | None:
-    """The kept teacher layers that compress.depth recorded next to a student, if any."""
-    path = Path(student_dir) / DEPTH_PLAN_FILE
-    return json.loads(path.read_text())["keep"] if path.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(HealConfig, args)
-        if config.uses_teacher and not args.teacher:
-            raise ValueError(f"--method {config.method} distils from a teacher: give --teacher")
-        student_device = "cuda" if torch.cuda.is_available() else "cpu"
-        student, tokenizer = load_model(args.student, LoadOptions(dtype=args.dtype, device=student_device))
-        teacher = None
-        if args.teacher:
-            teacher, _ = load_model(args.teacher, LoadOptions(dtype=args.dtype, device=args.teacher_device))
-        layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else plan_layer_map(args.student)
-        _, report = heal(student, teacher, tokenizer, args.data, config, args.out, layer_map)
-    except (ValueError, FileNotFoundError, RuntimeError, ModelLoadError) as exc:
-        return fail(exc)
+    return run_command(build_parser(), argv, _heal, (ValueError, FileNotFoundError, RuntimeError, ModelLoadError))
+
+
+def _heal(args) -> int:
+    config = config_from_args(HealConfig, args)
+    if config.uses_teacher and not args.teacher:
+        raise ValueError(f"--method {config.method} distils from a teacher: give --teacher")
+    student_device = "cuda" if torch.cuda.is_available() else "cpu"
+    student, tokenizer = load_model(args.student, LoadOptions(dtype=args.dtype, device=student_device))
+    teacher = None
+    if args.teacher:
+        teacher, _ = load_model(args.teacher, LoadOptions(dtype=args.dtype, device=args.teacher_device))
+    layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else kept_layers(args.student)
+    _, report = heal(student, teacher, tokenizer, args.data, config, args.out, layer_map)
     b, a = report["before"], report["after"]
     print(f"healed in {report['steps']} steps ({report['seconds']} s): KL {b['kl']:.4f} -> {a['kl']:.4f}, "
           f"top-1 {b['top1_agreement']:.3f} -> {a['top1_agreement']:.3f}, perplexity {b['perplexity']:.2f} -> "

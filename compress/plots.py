@@ -125,7 +125,7 @@ def plot_qa(rows: list[dict], path: Path) -> Path:
         if row.get("residual_rms"):
             line, = right.plot(layers, row["residual_rms"], marker="o", label=row["label"])
             reference = [row["residual_rms_reference"][t] for t in row["keep"]]
-            right.plot(layers, reference, linestyle="--", color=line.get_color(), label=f"reference at kept layers")
+            right.plot(layers, reference, linestyle="--", color=line.get_color(), label="reference at kept layers")
     left.set(title="hidden-state cosine with the reference layer", xlabel="candidate layer", ylim=(0, 1.02))
     right.set(title="residual RMS (dashed: reference)", xlabel="candidate layer")
     for ax in (left, right):

@@ -33,7 +33,7 @@ class Dims:
     intermediate: int
 
     @classmethod
-    def of(cls, config) -> "Dims":
+    def of(cls, config) -> Dims:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(config.hidden_size, heads, head_dim, config.intermediate_size)
@@ -235,7 +235,7 @@ class StreamStats:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], device="cpu") -> "StreamStats":
+    def from_state_dict(cls, state: dict[str, torch.Tensor], device="cpu") -> StreamStats:
         dims = Dims(*state["dims"].tolist())
         stats = cls(state["layers"].tolist(), dims, device=device)
         for k in stats.sums:

@@ -41,7 +41,7 @@ from compress.depth import kept_layers
 from compress.model_flags import add_model_flags, load_options
 from compress.stats import VARIANTS
 from core.artifacts import IMPORTANCE_FILE, WIDTH_PLAN_FILE, write_json
-from core.cli import add_config_flags, config_from_args, fail
+from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, decoder_layers, layer_parts, layout_of, load_model
 from models.shapes import BUDGET_AXES, parse_count, solve_budget
@@ -136,45 +136,49 @@ def prune_ffn(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
     return model
 
 
+def _group_size(model: nn.Module) -> tuple[int, int]:
+    """(KV groups, query heads per group) of the model as it stands."""
+    config = model.config
+    return config.num_key_value_heads, config.num_attention_heads // config.num_key_value_heads
+
+
+def _sorted_per_layer(model: nn.Module, keep: list[torch.Tensor]):
+    """(layer, its kept indices in ascending order, its attention module) for every layer."""
+    for i, idx in enumerate(keep):
+        yield i, idx.sort().values, layer_parts(model, i).attn
+
+
 def prune_heads(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
     """Keep query heads `keep[i]` in layer i; each KV group must keep the same number. In place."""
-    config = model.config
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    group = heads // kv
-    size = _per_layer(model, keep, "query heads", heads)
+    kv, group = _group_size(model)
+    size = _per_layer(model, keep, "query heads", kv * group)
     if size % kv:
         raise ValueError(f"{size} query heads cannot be spread evenly over {kv} KV groups")
-    for i, idx in enumerate(keep):
-        idx = idx.sort().values
+    for i, idx, attn in _sorted_per_layer(model, keep):
         counts = torch.bincount(idx // group, minlength=kv)
         if not torch.all(counts == size // kv):
             raise ValueError(f"layer {i}: each KV group must keep {size // kv} query heads; got {counts.tolist()}")
-        attn = layer_parts(model, i).attn
         rows = _head_rows(idx, attn.head_dim)
         attn.q_proj = _linear(attn.q_proj, out_idx=rows)
         attn.o_proj = _linear(attn.o_proj, in_idx=rows)
         attn.num_key_value_groups = size // kv
-    config.num_attention_heads = size
+    model.config.num_attention_heads = size
     return model
 
 
 def prune_kv_groups(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
     """Keep KV groups `keep[i]` in layer i, each with all of its query heads. In place."""
-    config = model.config
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    group = heads // kv
+    kv, group = _group_size(model)
     size = _per_layer(model, keep, "KV groups", kv)
-    for i, idx in enumerate(keep):
-        idx = idx.sort().values
-        attn = layer_parts(model, i).attn
+    for _, idx, attn in _sorted_per_layer(model, keep):
         kv_rows = _head_rows(idx, attn.head_dim)
         q_rows = _head_rows((idx[:, None] * group + torch.arange(group)).reshape(-1), attn.head_dim)
         attn.q_proj = _linear(attn.q_proj, out_idx=q_rows)
         attn.k_proj = _linear(attn.k_proj, out_idx=kv_rows)
         attn.v_proj = _linear(attn.v_proj, out_idx=kv_rows)
         attn.o_proj = _linear(attn.o_proj, in_idx=q_rows)
-    config.num_key_value_heads = size
-    config.num_attention_heads = size * group
+    model.config.num_key_value_heads = size
+    model.config.num_attention_heads = size * group
     return model
 
 
@@ -356,9 +360,8 @@ def prune_to_width(model_path: str, load: LoadOptions, config: WidthConfig, out_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m compress.width",
-                                     description="Prune attention heads, KV groups, FFN neurons and hidden channels "
-                                     "to uniform target sizes; writes the checkpoint and width_plan.json.")
+    parser = new_parser("python -m compress.width", "Prune attention heads, KV groups, FFN neurons and hidden "
+                        "channels to uniform target sizes; writes the checkpoint and width_plan.json.")
     add_model_flags(parser, device="cpu")  # index selection: nothing for a GPU to speed up
     parser.add_argument("--importance", help="importance.safetensors or the capture/analysis directory holding it")
     parser.add_argument("--depth-plan", help="pruning_plan.json naming the teacher layers a depth-pruned model kept "
@@ -369,12 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        plan = prune_to_width(args.model, load_options(args), config_from_args(WidthConfig, args), args.out,
-                              args.importance, args.depth_plan)
-    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
-        return fail(exc)
+    return run_command(build_parser(), argv, _prune, (ValueError, FileNotFoundError, ModelLoadError))
+
+
+def _prune(args) -> int:
+    plan = prune_to_width(args.model, load_options(args), config_from_args(WidthConfig, args), args.out,
+                          args.importance, args.depth_plan)
     before, after = plan["parameters"]["before"], plan["parameters"]["after"]
     print(f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters; sizes {plan['sizes']} -> {args.out}")
     return 0

@@ -12,16 +12,18 @@ when the inner class is not ours to annotate.
     add_config_flags(parser, CaptureConfig)
     config = config_from_args(CaptureConfig, parser.parse_args(argv))
 
-`fail(message)` is every CLI's error tail: the message on stderr, exit status 2.
+`fail(message)` is every CLI's error tail: the message on stderr, exit status 2; `run_command` wraps
+a CLI's action in it, and `new_parser` starts a stage's parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import types
 import typing
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 
 
 def _unwrap(hint) -> tuple[object, bool]:
@@ -142,3 +144,26 @@ def fail(message: object) -> int:
     """The one way a CLI reports a bad input or a failed step: `error: ...` on stderr, status 2."""
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def new_parser(prog: str, description: str, example: str | None = None) -> argparse.ArgumentParser:
+    """A stage CLI's parser: `python -m PACKAGE.MODULE`, what it does, one example command."""
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   epilog=f"Example: {example}" if example else None)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, action,
+                errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
+    """Parse `argv` and return `action(args)`'s exit status; an error of the kinds in `errors` (what
+    the user can fix: a bad input, a missing file) is reported by `fail` instead of a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        return action(args)
+    except errors as exc:
+        return fail(exc)
+
+
+def print_report(report, as_json: bool) -> int:
+    """A report dataclass on stdout, as JSON or as its `summary()`; the exit status of success."""
+    print(json.dumps(asdict(report), indent=2) if as_json else report.summary())
+    return 0

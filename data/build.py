@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.artifacts import sha256_file, write_atomic
-from core.cli import add_config_flags, config_from_args, fail
+from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult
 from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, WriterOptions, make_generator
 from data.generate.template import __file__ as TEMPLATE_SOURCE
@@ -217,8 +217,7 @@ def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data.build",
-                                     description="Build the tour corpus (train/val/test JSONL) from POI facts.")
+    parser = new_parser("python -m data.build", "Build the tour corpus (train/val/test JSONL) from POI facts.")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     add_config_flags(parser, BuildConfig)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -226,11 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = build(config_from_args(BuildConfig, args), args.out, progress=not args.no_progress)
-    except (POIError, ValueError, OSError) as exc:
-        return fail(exc)
+    return run_command(build_parser(), argv, _build, (POIError, ValueError, OSError))
+
+
+def _build(args) -> int:
+    summary = build(config_from_args(BuildConfig, args), args.out, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0
 

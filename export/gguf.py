@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from core.artifacts import atomic_path
-from core.cli import fail
+from core.cli import new_parser, print_report, run_command
 from models.tokenizer import QWEN2_SPLIT
 
 # Names the CLI accepts, with the GGUF file type each one declares.
@@ -402,7 +402,7 @@ DEFAULT_QUANT = "q8_0"  # the command line's, and the pipeline's [export] gguf
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export.gguf", description=__doc__.split("\n\n")[0])
+    parser = new_parser("python -m export.gguf", __doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, tokenizer.json, safetensors)")
     parser.add_argument("--out", required=True, help="the .gguf file to write")
     parser.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS)
@@ -413,13 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        report = export_gguf(args.model, args.out, args.quant, progress=not args.quiet, threads=args.threads)
-    except (GGUFExportError, OSError) as exc:
-        return fail(exc)
-    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
-    return 0
+    return run_command(build_parser(), argv, _export, (GGUFExportError, OSError))
+
+
+def _export(args) -> int:
+    report = export_gguf(args.model, args.out, args.quant, progress=not args.quiet, threads=args.threads)
+    return print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.artifacts import atomic_dir
-from core.cli import fail
+from core.cli import fail, new_parser, print_report, run_command
 
 PRECISIONS = ("fp32", "int8", "int4")
 
@@ -95,7 +95,7 @@ def _write_card(folder: Path, source: Path, precision: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
+    parser = new_parser("python -m export.onnx", __doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, tokenizer, safetensors)")
     parser.add_argument("--out", required=True, help="folder to create")
     parser.add_argument("--precision", default="int4", choices=PRECISIONS)
@@ -106,17 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        extra = dict(item.split("=", 1) for item in args.extra_option)
-    except ValueError:
+    return run_command(build_parser(), argv, _export, (OnnxExportError, OSError))
+
+
+def _export(args) -> int:
+    if any("=" not in item for item in args.extra_option):
         return fail("--extra-option takes KEY=VALUE")
-    try:
-        report = export_onnx(args.model, args.out, args.precision, extra)
-    except (OnnxExportError, OSError) as exc:
-        return fail(exc)
-    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
-    return 0
+    extra = dict(item.split("=", 1) for item in args.extra_option)
+    return print_report(export_onnx(args.model, args.out, args.precision, extra), args.json)
 
 
 if __name__ == "__main__":

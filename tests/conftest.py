@@ -97,8 +97,30 @@ def start_server(command: list[str], health_path: str, env: dict | None = None, 
             return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(f"{command[:3]} exited: {proc.stderr.read().decode()[-3000:]}")
+                raise AssertionError(f"{command[:3]} exited: {proc.stderr.read().decode()[-3000:]}") from None
             if time.monotonic() > deadline:
                 proc.kill()
-                raise AssertionError(f"{command[:3]} did not answer {health_path} within {timeout_s:.0f} s")
+                raise AssertionError(f"{command[:3]} did not answer {health_path} within {timeout_s:.0f} s") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_corpus, tmp_path_factory) -> Path:
+    """A random Llama in SmolLM2's shape, shrunk (9 query heads in 3 KV groups, head_dim 16, tied
+    embeddings, rope base 1e5), with a SmolLM2-style tokenizer (single digits, GPT-2 byte regex)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.checkpoint import save_model_dir
+    from models.tokenizer import corpus_texts, train_tokenizer
+
+    tokenizer = train_tokenizer(corpus_texts(tiny_corpus), vocab_size=600, split="smollm")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=144, intermediate_size=256, num_hidden_layers=3,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=16, tie_word_embeddings=True,
+                         rope_theta=100000.0, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a sharper random model, so greedy choices are not near-ties
+        model.model.embed_tokens.weight.mul_(8)
+    return save_model_dir(model, tokenizer, tmp_path_factory.mktemp("llama") / "model")

@@ -7,9 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import FIXTURES, start_server
-
 
 
 class Served(str):

@@ -7,15 +7,14 @@ import sys
 import threading
 
 import pytest
-
 from conftest import start_server, tour_queries
 from fake_llm_server import OPENAI_PATH, Behaviour, FakeLLMServer
+
+from data.prompt import build_messages
 from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
 from models.backends.base import StopMatcher, TextAssembler
 from models.generate import generate_batch
 from models.load import load_model
-from data.prompt import build_messages
-
 
 # -- shared machinery -------------------------------------------------------------------------
 
@@ -152,9 +151,8 @@ def test_openai_usage_is_taken_from_the_server():
 def test_openai_errors_become_backend_errors():
     with FakeLLMServer() as server:
         server.script(Behaviour.status(500), Behaviour.status(500))
-        with open_backend("openai", "student", base_url=server.openai_url) as backend:
-            with pytest.raises(BackendError, match="refused"):
-                backend.complete(tour_queries()[0], GenerationOptions())
+        with open_backend("openai", "student", base_url=server.openai_url) as backend, pytest.raises(BackendError, match="refused"):
+            backend.complete(tour_queries()[0], GenerationOptions())
 
 
 def test_openai_backend_against_llama_cpp_s_own_server(micro_gguf, reference):

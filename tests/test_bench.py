@@ -48,7 +48,7 @@ def test_the_experiment_runs_end_to_end_on_the_micro_teacher(micro_teacher, tiny
         assert report["summary"][f"random@{remove}"]["known"]["kl"]["n"] == 2
         assert len(report["students"][f"guided-r{remove}"]["removed"]) == remove
     text = out.read_text()
-    assert "## Verdict" in text and "| 2 | guided |" in text and f"--out docs/results/depth.md" not in text
+    assert "## Verdict" in text and "| 2 | guided |" in text and "--out docs/results/depth.md" not in text
     for split in ("test", "known"):
         assert (tmp_path / f"depth_{split}.png").read_bytes()[:4] == b"\x89PNG"
     # Re-rendering from the JSON gives the same document.

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from compress.analyze import ImportanceWeights, analyze, load_stats
-from compress.capture import CaptureConfig, ActivationRecorder, Sources, main as capture_main, run_capture, token_entropy
+from compress.capture import ActivationRecorder, CaptureConfig, Sources, run_capture, token_entropy
+from compress.capture import main as capture_main
 from compress.shards import CaptureReader, ShardError, read_metadata
 from models.load import LoadOptions, load_model
 

@@ -10,7 +10,7 @@ import pytest
 
 from data.build import BuildConfig, build
 from data.generate.base import GenerationRequest
-from data.generate.template import TemplateGenerator, ranked_facts, write
+from data.generate.template import ranked_facts, write
 from data.geo import plus_code_for
 from data.poi import POI, load_pois
 from data.sampling import SamplingConfig, cells_from_pois, sample_requests, split_cells, split_of

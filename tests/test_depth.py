@@ -10,8 +10,19 @@ import pytest
 import torch
 
 from compress.calibration import encode_rows, split_rows
-from compress.depth import (BASELINES, PLAN_FILE, Calibration, GuidedConfig, choose_removed, delete_layers,
-                            guided_removal, layers_removed, load_analysis, main as depth_main, make_plan)
+from compress.depth import (
+    BASELINES,
+    PLAN_FILE,
+    Calibration,
+    GuidedConfig,
+    choose_removed,
+    delete_layers,
+    guided_removal,
+    layers_removed,
+    load_analysis,
+    make_plan,
+)
+from compress.depth import main as depth_main
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, decoder_layers, load_model
 
@@ -88,7 +99,7 @@ ANALYSIS = {
         "importance": [1.0, 0.3, 0.02, 0.01, 0.4, 0.03, 0.2, 0.6],
         "states": ["input.0"] + [f"output.{i}" for i in range(8)],
         # angle between states i and j: |i - j| / 10, except that layers 2..5 barely turn the stream
-        "pair_angle": [[abs(i - j) / (100 if 2 <= min(i, j) and max(i, j) <= 6 else 10) for j in range(9)]
+        "pair_angle": [[abs(i - j) / (100 if min(i, j) >= 2 and max(i, j) <= 6 else 10) for j in range(9)]
                        for i in range(9)],
     },
 }

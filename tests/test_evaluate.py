@@ -10,11 +10,12 @@ import torch
 
 from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, encode_rows, split_rows
 from compress.depth import delete_layers
-from models.checkpoint import save_model_dir
-from compress.evaluate import EvalConfig, Evaluation, evaluate, forced_metrics, main as evaluate_main
-from models.recall import Scorer, repetition_rate
+from compress.evaluate import EvalConfig, Evaluation, evaluate, forced_metrics
+from compress.evaluate import main as evaluate_main
 from data.corpus import read_split
+from models.checkpoint import save_model_dir
 from models.load import LoadOptions, load_model
+from models.recall import Scorer, repetition_rate
 
 FIXTURE_POIS = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
 

@@ -9,11 +9,11 @@ import llama_cpp  # a hard requirement of the test extras: these parity tests mu
 import numpy as np
 import pytest
 import torch
-
 from conftest import tour_queries
+
+from data.prompt import build_messages, render_prompt
 from export.gguf import GGUFExportError, export_gguf, tensor_types
 from models.load import load_model
-from data.prompt import build_messages, render_prompt
 
 
 def _field(reader, key):

@@ -6,32 +6,18 @@ import llama_cpp
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from conftest import tour_queries
+
 from data.prompt import build_messages, render_prompt
 from export.gguf import export_gguf, interleave_rope_rows
-from models.checkpoint import save_model_dir
 from models.load import load_model
-from models.tokenizer import corpus_texts, train_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_corpus, tmp_path_factory):
-    """9 query heads in 3 KV groups, head_dim 16, tied embeddings, rope base 1e5: SmolLM2's shape, shrunk."""
-    tokenizer = train_tokenizer(corpus_texts(tiny_corpus), vocab_size=600, split="smollm")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=144, intermediate_size=256, num_hidden_layers=3,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=16, tie_word_embeddings=True,
-                         rope_theta=100000.0, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # a sharper random model, so greedy choices are not near-ties
-        model.model.embed_tokens.weight.mul_(8)
-    folder = save_model_dir(model, tokenizer, tmp_path_factory.mktemp("llama") / "model")
+def tiny_llama(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("llama-gguf") / "tiny-f32.gguf"
-    export_gguf(folder, out, "f32", progress=False)
-    return folder, out
+    export_gguf(tiny_llama_dir, out, "f32", progress=False)
+    return tiny_llama_dir, out
 
 
 def _llama(path, **kw):

@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tour_queries
+
+from data.prompt import build_messages, render_prompt
 from export.onnx import OnnxExportError, export_onnx
 from models.backends import GenerationOptions, open_backend
 from models.generate import generate_batch
 from models.load import load_model
-from data.prompt import build_messages, render_prompt
 
 
 def test_fp32_greedy_equals_torch(micro_teacher, micro_onnx):

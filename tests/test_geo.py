@@ -8,7 +8,7 @@ import sys
 import pytest
 from openlocationcode import openlocationcode as olc
 
-from data.geo import GeoError, Gazetteer, Locality, decode, encode, parse, plus_code_for, shorten
+from data.geo import Gazetteer, GeoError, Locality, decode, encode, parse, plus_code_for, shorten
 
 OPERA_HOUSE = (-33.8568, 151.2153)
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

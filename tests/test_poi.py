@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data.geo import decode, encode, plus_code_for
-from data.poi import SYDNEY, POI, POIError, load_pois, poi_problems
+from data.poi import POI, SYDNEY, POIError, load_pois, poi_problems
 from data.poi.loaders import load_any, load_csv, load_nyc_lpc
 from data.vocab import INTERESTS
 

@@ -8,9 +8,9 @@ import sys
 import llama_cpp
 import pytest
 import torch
+from conftest import tour_queries
 from transformers import AutoConfig
 
-from conftest import tour_queries
 from data.prompt import build_messages, render_prompt
 from export.gguf import export_gguf
 from models.load import load_model

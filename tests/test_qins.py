@@ -12,9 +12,25 @@ import torch
 import torch.nn.functional as F
 
 from export import qins
-from export.qins import (BLOCK, CodedEmbedding, CodedLinear, QINSConfig, QINSFormatError, QINSLinear, QINSWeight,
-                         QuantizedTensor, decode_quantized, encode_quantized, grid_lut, huffman_decode,
-                         huffman_encode, huffman_lengths, quantize, read_container, write_container)
+from export.qins import (
+    BLOCK,
+    CodedEmbedding,
+    CodedLinear,
+    QINSConfig,
+    QINSFormatError,
+    QINSLinear,
+    QINSWeight,
+    QuantizedTensor,
+    decode_quantized,
+    encode_quantized,
+    grid_lut,
+    huffman_decode,
+    huffman_encode,
+    huffman_lengths,
+    quantize,
+    read_container,
+    write_container,
+)
 
 
 def _roundtrip(symbols: np.ndarray) -> np.ndarray:

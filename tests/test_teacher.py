@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from models.load import (
-    LoadOptions, ModelLoadError, UnsupportedArchitecture, decoder_layers, layer_parts, load_model,
+    LoadOptions,
+    ModelLoadError,
+    UnsupportedArchitecture,
+    decoder_layers,
+    layer_parts,
+    load_model,
 )
 from train.batches import batch_for_step
 from train.proxy import PRESETS, train_proxy
@@ -19,8 +24,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def save_tiny(kind: str, path: Path, tokenizer) -> Path:
     """A 2-layer model of one architecture family, saved as a hub-style directory."""
     from transformers import (
-        GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-        Qwen3Config, Qwen3ForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

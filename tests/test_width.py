@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from compress.width import (keep_by_score, keep_heads_in_groups, prune_ffn, prune_heads, prune_hidden,
-                            prune_kv_groups)
+from compress.width import keep_by_score, keep_heads_in_groups, prune_ffn, prune_heads, prune_hidden, prune_kv_groups
 from models.load import LoadOptions, decoder_layers, load_model
 
 TEXT = "The Queen Victoria Building fills a block of George Street."

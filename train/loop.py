@@ -76,6 +76,7 @@ class LoopConfig:
 class LoopState:
     step: int = 0
     seconds: float = 0.0
+    step_seconds: float = 0.0  # of `seconds`, the time spent in training steps (no validation, no checkpoints)
     smoothed: float | None = None  # the loss curve's running value, exact, so a resumed curve goes on unchanged
     losses: list = field(default_factory=list)  # (step, smoothed training loss)
     validations: list = field(default_factory=list)  # {"step": s, **metrics}
@@ -96,7 +97,8 @@ class LoopResult:
 
     def report(self) -> dict:
         s = self.state
-        return {"steps": s.step, "seconds": round(s.seconds, 1), "stopped": s.stopped, "best_step": s.best_step,
+        return {"steps": s.step, "seconds": round(s.seconds, 1), "step_seconds": round(s.step_seconds, 1),
+                "stopped": s.stopped, "best_step": s.best_step,
                 "precision": self.precision, "trainable_parameters": self.trainable_parameters,
                 "losses": s.losses, "validations": s.validations}
 
@@ -221,7 +223,9 @@ class _Run:
         self.model.train()
         with tqdm(total=c.steps, initial=s.step, disable=not c.progress, desc=c.name, unit="step") as bar:
             while s.step < c.steps and s.stopped is None:
+                began = time.monotonic()
                 value = self.step()
+                s.step_seconds += time.monotonic() - began
                 s.smoothed = value if s.smoothed is None else SMOOTHING * s.smoothed + (1 - SMOOTHING) * value
                 if s.step % c.log_every == 0 or s.step == c.steps:
                     s.losses.append((s.step, round(s.smoothed, 4)))

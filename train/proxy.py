@@ -131,6 +131,9 @@ class ProxyTask(Task):
     def validate(self, model) -> dict:
         return {"val_loss": round(mean_loss(model, self.val, self.pad_id, self.batch_size), 4)}
 
+    def score(self, metrics: dict) -> float:
+        return metrics["val_loss"]  # early stopping (the fine-tuned teacher uses it; the proxy never stops early)
+
 
 def loop_config(preset: ProxyPreset, seed: int, device: str, max_minutes: float | None = None,
                 stop_after: int | None = None, progress: bool = True) -> LoopConfig:

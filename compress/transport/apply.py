@@ -59,7 +59,7 @@ class TransportSpec:
     layers: dict[int, LayerTransform] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TransportSpec":
+    def load(cls, path: str | Path) -> TransportSpec:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

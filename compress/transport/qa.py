@@ -66,7 +66,7 @@ class QAConfig:
             raise QAConfigError("samples and batch_size must be positive")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "QAConfig":
+    def from_file(cls, path: str | Path) -> QAConfig:
         """A [qa] table of a TOML file, or a JSON object."""
         path = Path(path)
         try:

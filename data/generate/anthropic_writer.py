@@ -7,24 +7,15 @@ from typing import Any
 
 import anthropic
 
+from data.generate import llm
 from data.generate.base import GenerationRequest
-from data.generate.llm import (
-    WriterReply,
-    Failure,
-    LLMGenerator,
-    LLMOptions,
-    MalformedResponse,
-    classify_sdk_error,
-    field_of,
-    token_count,
-)
 
 
-class AnthropicGenerator(LLMGenerator):
+class AnthropicGenerator(llm.LLMGenerator):
     """Claude via `anthropic.Anthropic().messages.create`.
 
     Options beyond the ones named here (cache_dir, concurrency, max_retries, timeout, max_tokens,
-    price_in, price_out, retry delays) are those of `LLMOptions`.
+    price_in, price_out, retry delays) are those of `llm.LLMOptions`.
 
     `temperature` exists for symmetry with the OpenAI backend but must stay None: the API version
     that anthropic SDK 2.x sends (2026-10-21) rejects every sampling parameter with HTTP 400, so
@@ -47,17 +38,17 @@ class AnthropicGenerator(LLMGenerator):
                 "the Anthropic Messages API (version 2026-10-21, sent by anthropic SDK 2.x) rejects "
                 "temperature/top_p/top_k with HTTP 400; leave temperature=None"
             )
-        super().__init__(model, LLMOptions(**options))
+        super().__init__(model, llm.LLMOptions(**options))
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise ValueError("no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY")
-        # max_retries=0: retries happen in LLMGenerator, where they are counted and the cache is
+        # max_retries=0: retries happen in llm.LLMGenerator, where they are counted and the cache is
         # written; the SDK retrying underneath would hide attempts and double the waits.
         self._client = anthropic.Anthropic(
             api_key=key, base_url=base_url, timeout=self.options.timeout, max_retries=0
         )
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
+    def _send(self, system: str, user: str, request: GenerationRequest) -> llm.WriterReply:
         message = self._client.messages.create(
             model=self.model,
             max_tokens=self.options.max_tokens,
@@ -66,28 +57,28 @@ class AnthropicGenerator(LLMGenerator):
         )
         return self._read(message)
 
-    def _read(self, message: object) -> WriterReply:
-        content = field_of(message, "content")
+    def _read(self, message: object) -> llm.WriterReply:
+        content = llm.field_of(message, "content")
         if not isinstance(content, list):
-            raise MalformedResponse(f"no content list in {type(message).__name__}")
-        texts = [field_of(block, "text") for block in content if field_of(block, "type") == "text"]
+            raise llm.MalformedResponse(f"no content list in {type(message).__name__}")
+        texts = [llm.field_of(block, "text") for block in content if llm.field_of(block, "type") == "text"]
         if not all(isinstance(t, str) for t in texts):
-            raise MalformedResponse("a text block without text")
-        usage = field_of(message, "usage")
-        input_tokens, output_tokens = token_count(usage, "input_tokens"), token_count(usage, "output_tokens")
-        served = field_of(message, "model")
-        return WriterReply(
+            raise llm.MalformedResponse("a text block without text")
+        usage = llm.field_of(message, "usage")
+        input_tokens, output_tokens = llm.token_count(usage, "input_tokens"), llm.token_count(usage, "output_tokens")
+        served = llm.field_of(message, "model")
+        return llm.WriterReply(
             # Adaptive-thinking models put thinking blocks before the text; only text is the answer.
             text="".join(texts),
             model=served if isinstance(served, str) and served else self.model,
             input_tokens=input_tokens or 0,
             output_tokens=output_tokens or 0,
-            stop_reason=field_of(message, "stop_reason"),
+            stop_reason=llm.field_of(message, "stop_reason"),
             usage_reported=input_tokens is not None and output_tokens is not None,
         )
 
-    def _classify(self, exc: BaseException) -> Failure | None:
-        return classify_sdk_error(exc, anthropic)
+    def _classify(self, exc: BaseException) -> llm.Failure | None:
+        return llm.classify_sdk_error(exc, anthropic)
 
     def close(self) -> None:
         self._client.close()

@@ -25,9 +25,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from core.artifacts import write_atomic
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult, ProgressCallback
 from data.generate.writer_prompt import render
-from core.artifacts import write_atomic
 
 log = logging.getLogger(__name__)
 

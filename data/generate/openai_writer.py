@@ -7,28 +7,19 @@ from typing import Any
 
 import openai
 
+from data.generate import llm
 from data.generate.base import GenerationRequest
-from data.generate.llm import (
-    WriterReply,
-    Failure,
-    LLMGenerator,
-    LLMOptions,
-    MalformedResponse,
-    classify_sdk_error,
-    field_of,
-    token_count,
-)
 
 # vLLM accepts any key unless started with --api-key; the SDK refuses to start without one.
 _NO_KEY = "EMPTY"
 
 
-class OpenAIGenerator(LLMGenerator):
+class OpenAIGenerator(llm.LLMGenerator):
     """A served model via `openai.OpenAI(base_url=...).chat.completions.create`.
 
     `disable_thinking` asks Qwen3's chat template to skip its <think> phase (vLLM's
     `chat_template_kwargs`); None turns it on for model names containing "qwen3". Other options
-    are those of `LLMOptions`. The request's seed is sent, so a vLLM server samples reproducibly.
+    are those of `llm.LLMOptions`. The request's seed is sent, so a vLLM server samples reproducibly.
     """
 
     name = "openai"
@@ -43,11 +34,11 @@ class OpenAIGenerator(LLMGenerator):
         disable_thinking: bool | None = None,
         **options: Any,
     ):
-        super().__init__(model, LLMOptions(**options))
+        super().__init__(model, llm.LLMOptions(**options))
         self.temperature = temperature
         self.disable_thinking = "qwen3" in model.lower() if disable_thinking is None else disable_thinking
         key = api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY
-        # max_retries=0: retries happen in LLMGenerator, where they are counted and cached.
+        # max_retries=0: retries happen in llm.LLMGenerator, where they are counted and cached.
         self._client = openai.OpenAI(
             api_key=key, base_url=base_url, timeout=self.options.timeout, max_retries=0
         )
@@ -58,7 +49,7 @@ class OpenAIGenerator(LLMGenerator):
             "disable_thinking": self.disable_thinking,
         }
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
+    def _send(self, system: str, user: str, request: GenerationRequest) -> llm.WriterReply:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
@@ -73,33 +64,33 @@ class OpenAIGenerator(LLMGenerator):
         )
         return self._read(response)
 
-    def _read(self, response: object) -> WriterReply:
-        choices = field_of(response, "choices")
+    def _read(self, response: object) -> llm.WriterReply:
+        choices = llm.field_of(response, "choices")
         if not isinstance(choices, list) or not choices:
-            raise MalformedResponse(f"no choices in {type(response).__name__}")
-        message = field_of(choices[0], "message")
+            raise llm.MalformedResponse(f"no choices in {type(response).__name__}")
+        message = llm.field_of(choices[0], "message")
         if message is None:
-            raise MalformedResponse("first choice has no message")
-        content = field_of(message, "content")
+            raise llm.MalformedResponse("first choice has no message")
+        content = llm.field_of(message, "content")
         if content is not None and not isinstance(content, str):
-            raise MalformedResponse(f"message content is {type(content).__name__}, not text")
-        usage = field_of(response, "usage")
+            raise llm.MalformedResponse(f"message content is {type(content).__name__}, not text")
+        usage = llm.field_of(response, "usage")
         input_tokens, output_tokens = (
-            token_count(usage, "prompt_tokens"),
-            token_count(usage, "completion_tokens"),
+            llm.token_count(usage, "prompt_tokens"),
+            llm.token_count(usage, "completion_tokens"),
         )
-        served = field_of(response, "model")
-        return WriterReply(
+        served = llm.field_of(response, "model")
+        return llm.WriterReply(
             text=content or "",  # None (e.g. cut off while thinking) is judged as empty by _check
             model=served if isinstance(served, str) and served else self.model,
             input_tokens=input_tokens or 0,
             output_tokens=output_tokens or 0,
-            stop_reason=field_of(choices[0], "finish_reason"),
+            stop_reason=llm.field_of(choices[0], "finish_reason"),
             usage_reported=input_tokens is not None and output_tokens is not None,
         )
 
-    def _classify(self, exc: BaseException) -> Failure | None:
-        return classify_sdk_error(exc, openai)
+    def _classify(self, exc: BaseException) -> llm.Failure | None:
+        return llm.classify_sdk_error(exc, openai)
 
     def close(self) -> None:
         self._client.close()

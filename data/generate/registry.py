@@ -31,15 +31,8 @@ class WriterOptions:
 def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Generator:
     if backend == "template":
         return TemplateGenerator()
-    llm_options = dict(
-        cache_dir=options.cache_dir,
-        concurrency=options.concurrency,
-        max_retries=options.max_retries,
-        timeout=options.timeout,
-        max_tokens=options.max_tokens,
-        price_in=options.price_in,
-        price_out=options.price_out,
-    )
+    shared = ("cache_dir", "concurrency", "max_retries", "timeout", "max_tokens", "price_in", "price_out")
+    llm_options = {name: getattr(options, name) for name in shared}
     try:
         if backend == "anthropic":
             from data.generate.anthropic_writer import AnthropicGenerator

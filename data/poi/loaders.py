@@ -88,7 +88,7 @@ def load_csv(
             raise POIError(f"{path}: needs a 'facts' or a 'description' column")
         pois = []
         for rowno, row in enumerate(reader, 2):
-            get = lambda key: (row.get(column[key]) or "").strip() if column[key] else ""  # noqa: E731
+            get = lambda key, row=row: (row.get(column[key]) or "").strip() if column[key] else ""  # noqa: E731
             try:
                 lat, lon = check_coordinates(get("latitude"), get("longitude"))
             except GeoError as exc:

@@ -32,7 +32,7 @@ class POI:
     extra: dict = field(default_factory=dict, compare=False)  # source-specific, kept verbatim
 
     @classmethod
-    def from_dict(cls, row: dict) -> "POI":
+    def from_dict(cls, row: dict) -> POI:
         known = {"id", "name", "latitude", "longitude", "plus_code", "locality", "interests", "facts"}
         missing = known - row.keys()
         if missing:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.backends.base import (
+    Answer,
     Backend,
     BackendError,
     Chunk,
-    Answer,
     GenerationOptions,
     GenerationStats,
 )

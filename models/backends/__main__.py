@@ -12,9 +12,9 @@ import sys
 
 from core.cli import fail
 from data.geo import GeoError, parse
+from data.prompt import TourQuery
 from data.vocab import INTERESTS, STYLES
 from models.backends import KINDS, BackendError, GenerationOptions, open_backend
-from data.prompt import TourQuery
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
+from data.prompt import render_prompt
 from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
-from data.prompt import render_prompt
 
 
 def sample_next(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:
