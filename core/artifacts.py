@@ -29,6 +29,7 @@ IMPORTANCE_FILE = "importance.safetensors"  # compress.analyze: per channel / he
 DEPTH_PLAN_FILE = "pruning_plan.json"  # compress.depth: kept and removed layers, and why
 WIDTH_PLAN_FILE = "width_plan.json"  # compress.width: kept heads / neurons / channels
 TRAINING_FILE = "training.json"  # train.loop: the report of a finished training
+GENERAL_FILE = "general.json"  # compress.general: KL to the base model on the general prompts
 HEAL_FILE = "heal.json"  # compress.heal: the healing report (a training report plus before / after)
 METRICS_FILE = "metrics.json"  # compress.evaluate: every metric of every model, written after each
 EVAL_REPORT_FILE = "report.md"  # compress.evaluate

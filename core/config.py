@@ -3,12 +3,22 @@ lists become tuples, nested dataclass fields are built from nested tables."""
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import fields, is_dataclass
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _optional_of(hint):
+    """X for `X | None`, else the hint itself: an optional nested config is a table when given."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else hint
+    return hint
 
 
 def from_table(cls, table: dict, where: str):
@@ -22,7 +32,7 @@ def from_table(cls, table: dict, where: str):
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in table.items():
-        kind = hints[name]
+        kind = _optional_of(hints[name])
         if is_dataclass(kind) and isinstance(value, dict):
             value = from_table(kind, value, f"{where}.{name}")
         elif isinstance(value, list):

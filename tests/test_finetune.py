@@ -62,3 +62,31 @@ def test_cli_errors_are_named(tmp_path):
     done = subprocess.run([sys.executable, "-m", "train.finetune", "--model", str(tmp_path / "nothing"), "--data",
                            str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error:")
+
+
+def test_the_cli_defaults_are_the_pipeline_sections(tmp_path):
+    from compress.pipeline.config import load_config
+    from core.cli import config_from_args
+    from train.finetune import build_parser
+
+    path = tmp_path / "c.toml"
+    path.write_text("[run]\nid = 'x'\n[teacher]\nmodel = 'm'\n[teacher.finetune]\n[depth]\nkeep = 2\n[width]\nparams = '1M'\n")
+    from_cli = config_from_args(FinetuneConfig, build_parser().parse_args(["--model", "m", "--data", "d", "--out", "o"]))
+    assert load_config(path).teacher.finetune == from_cli == FinetuneConfig()
+
+
+def test_the_pipeline_fine_tunes_a_pretrained_base_into_its_teacher(tiny_llama_dir, tmp_path):
+    from compress.pipeline.driver import main
+
+    config = tmp_path / "ft.toml"
+    config.write_text(f"""[run]\nid = "ft"\n[data]\npois = ["{FIXTURE_POIS}"]\n[data.sampling]
+samples_per_cell = 4
+val_fraction = 0.2
+test_fraction = 0.2
+[teacher]\nmodel = "{tiny_llama_dir}"\n[teacher.finetune]\nmax_steps = 4\nbatch_size = 4\nlr = 1e-3\nwarmup = 1
+eval_samples = 4\nrecall_samples = 2\nmax_length = 256\nprecision = "fp32"\n[depth]\nkeep = 2\n[width]\nparams = "100k"\n""")
+    assert main(["--config", str(config), "--runs-dir", str(tmp_path / "runs"), "--until", "teacher"]) == 0
+    run = tmp_path / "runs" / "ft"
+    summary = json.loads((run / "manifest.json").read_text())["stages"]["teacher"]["summary"]
+    assert summary["steps"] == 4 and summary["general_kl"] > 0 and "fact_recall_known" in summary
+    assert (run / "teacher" / "config.json").is_file() and (run / "teacher" / "general.json").is_file()

@@ -64,6 +64,6 @@ def test_paths_are_not_settings(tmp_path):
 
 
 def test_the_shipped_presets_load(tmp_path):
-    for name in ("micro", "demo", "qwen3-32b"):
+    for name in ("micro", "demo", "qwen3-32b", "smollm2"):
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
         assert config.run.id == name

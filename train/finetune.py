@@ -126,6 +126,8 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     rows, val_rows = read_split(corpus, "train"), read_split(corpus, "val")
     examples = [encode_row(r, tokenizer, config.max_length) for r in rows]
     val = [encode_row(r, tokenizer, config.max_length) for r in val_rows[: config.eval_samples]]
+    if not val:
+        raise ValueError(f"{corpus} has no validation rows: the fine-tune picks its best weights by their loss")
     per_epoch = math.ceil(len(examples) / config.batch_size)
     steps = min(math.ceil(config.epochs * per_epoch), config.max_steps or math.inf)
     known, scorer = rows[:: max(1, len(rows) // config.recall_samples)][: config.recall_samples], Scorer(pois)

@@ -25,6 +25,8 @@ from core.config import ConfigError, from_table
 from data.build import BuildConfig
 from export.gguf import DEFAULT_QUANT, QUANTS
 from export.onnx import PRECISIONS
+from models.pretrained import cache_root
+from train.finetune import FinetuneConfig
 
 
 class PipelineError(RuntimeError):
@@ -42,12 +44,21 @@ class RunSection:
 @dataclass(frozen=True)
 class TeacherSection:
     proxy: str | None = None  # train this proxy preset (train.proxy) on the corpus, or
-    model: str | None = None  # use this checkpoint: a hub id or a directory
+    model: str | None = None  # use this checkpoint: a hub id or a directory, or
+    pretrained: str | None = None  # this model from a package registry (models.pretrained: smollm2-135m-instruct)
+    # [teacher.finetune]: fine-tune the model / pretrained base on the corpus into the tour teacher
+    finetune: FinetuneConfig | None = None
     revision: str | None = None
     steps: int | None = None  # override the proxy preset's steps
     max_minutes: float | None = None
     device: str | None = None  # where the teacher runs (auto: spread over every GPU); default run.device
     dtype: str | None = None
+    @property
+    def base(self) -> str | None:
+        """The model the teacher stage starts from (a proxy starts from nothing): a checkpoint, a
+        hub id, or where models.pretrained prepares the named model."""
+        return str(cache_root() / self.pretrained) if self.pretrained else self.model
+
     # The config for --dry-run when the model is unreachable; it changes no result.
     architecture: dict = field(default_factory=dict, metadata={"result": False})
 
@@ -144,8 +155,12 @@ def load_config(path: str | Path) -> PipelineConfig:
         config = PipelineConfig(run=run, **sections, source=str(path))
     except ConfigError as exc:
         raise PipelineError(str(exc)) from None
-    if (config.teacher.proxy is None) == (config.teacher.model is None):
-        raise PipelineError(f"{path}: [teacher] needs exactly one of proxy = PRESET or model = HUB_ID_OR_DIR")
+    t = config.teacher
+    if sum(x is not None for x in (t.proxy, t.model, t.pretrained)) != 1:
+        raise PipelineError(f"{path}: [teacher] needs exactly one of proxy = PRESET, model = HUB_ID_OR_DIR "
+                            "or pretrained = NAME")
+    if t.proxy and t.finetune:
+        raise PipelineError(f"{path}: [teacher.finetune] fine-tunes a model or pretrained base, not a proxy")
     w = config.width
     if w.params is None and all(getattr(w, k) is None for k in SIZES):
         raise PipelineError(f"{path}: [width] needs params = BUDGET or at least one of {', '.join(SIZES)}")

@@ -29,14 +29,14 @@ def teacher_config(config: PipelineConfig):
         preset = PRESETS[t.proxy]
         return qwen3_config(preset), f"proxy preset `{t.proxy}` (vocabulary at most {preset.vocab_size})"
     try:
-        return load_config(t.model, LoadOptions(revision=t.revision)), f"{t.model} (its config.json)"
+        return load_config(t.base, LoadOptions(revision=t.revision)), f"{t.base} (its config.json)"
     except ModelLoadError as exc:
         if not t.architecture:
-            raise PipelineError(f"cannot read the config of {t.model} ({exc}); "
+            raise PipelineError(f"cannot read the config of {t.base} ({exc}); "
                                 "add [teacher.architecture] to plan offline") from None
         arch = dict(t.architecture)
         return AutoConfig.for_model(arch.pop("model_type"), **arch), \
-            f"{t.model} ([teacher.architecture] of {config.source}; the hub was not reachable)"
+            f"{t.base} ([teacher.architecture] of {config.source}; the model is not here yet)"
 
 
 def shapes(config: PipelineConfig) -> tuple[list[tuple[str, object]], str]:

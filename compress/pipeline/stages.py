@@ -16,6 +16,7 @@ from compress.analyze import analyze
 from compress.capture import Sources, run_capture
 from compress.depth import kept_layers, prune_depth
 from compress.evaluate import Evaluation, evaluate, write_report
+from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
 from compress.pipeline.config import PipelineError
 from compress.pipeline.manifest import Run
@@ -25,6 +26,7 @@ from core.artifacts import (
     CAPTURE_FILE,
     DEPTH_PLAN_FILE,
     EVAL_REPORT_FILE,
+    GENERAL_FILE,
     HEAL_FILE,
     IMPORTANCE_FILE,
     METRICS_FILE,
@@ -39,7 +41,9 @@ from export.gguf import export_gguf
 from export.onnx import export_onnx
 from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
 from models.load import LoadOptions, load_config, load_model
+from models.pretrained import prepare
 from models.shapes import CONFIG_FIELD, parameter_count
+from train.finetune import finetune
 from train.proxy import PRESETS, train_proxy
 
 
@@ -55,9 +59,14 @@ class Stage:
 # ---------------------------------------------------------------- where things are
 
 
+def base_path(run: Run) -> str:
+    return run.config.teacher.base
+
+
 def teacher_path(run: Run) -> str:
+    """The teacher every later stage reads: trained or fine-tuned in the run, or the base as it is."""
     t = run.config.teacher
-    return str(run.stage_dir("teacher")) if t.proxy else t.model
+    return str(run.stage_dir("teacher")) if t.proxy or t.finetune else base_path(run)
 
 
 def teacher_options(run: Run) -> LoadOptions:
@@ -105,9 +114,31 @@ def stage_teacher(run: Run) -> dict:
                              device=run.config.run.device, max_minutes=t.max_minutes)
         return {"parameters": report["parameters"], "steps": report["steps"], "train_seconds": report["train_seconds"],
                 "fact_recall_train": report["recall_train"]["fact_recall"]}
-    config = load_config(t.model, teacher_options(run))  # checks the architecture before any download
+    if t.pretrained:
+        prepare(t.pretrained)
+    config = load_config(base_path(run), teacher_options(run))  # checks the architecture before any download
     run.stage_dir("teacher").mkdir(parents=True, exist_ok=True)
-    return {"model": t.model, "revision": t.revision, "parameters": parameter_count(config)}
+    if t.finetune:
+        return fine_tune_teacher(run)
+    return {"model": base_path(run), "revision": t.revision, "parameters": parameter_count(config)}
+
+
+def fine_tune_teacher(run: Run) -> dict:
+    """The base fine-tuned on the corpus into the tour teacher, and how much of the base's general
+    answers it kept (KL to the base on the general prompts, teacher-forced on the base's answers)."""
+    out = run.stage_dir("teacher")
+    report = finetune(base_path(run), corpus(run), out, run.config.teacher.finetune, run.config.data.poi_files()[0],
+                      LoadOptions(dtype="float32", device=run.config.run.device))
+    base, tokenizer = load_model(base_path(run), LoadOptions(dtype="float32", device=run.config.run.device))
+    tuned, _ = load_model(str(out), LoadOptions(dtype="float32", device=run.config.run.device))
+    general = general_kl(tuned, base, tokenizer, general_rows(base, tokenizer))
+    write_json(out / GENERAL_FILE, general)
+    after = report["after"]
+    return {"base": base_path(run), "parameters": report["throughput"]["parameters"], "steps": report["steps"],
+            "train_seconds": report["seconds"], "tokens_per_s": report["throughput"]["tokens_per_s"],
+            "mfu": report["throughput"].get("mfu"), "fact_recall_known": after["fact_recall"],
+            "names_place_known": after["names_place"], "repetition_known": after["repetition"],
+            "general_kl": general["kl"], "general_top1": general["top1_agreement"]}
 
 
 def stage_capture(run: Run) -> dict:
