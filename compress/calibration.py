@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from data.corpus import read_split
+from models.load import input_device
+from train.batches import encode_row
 
 CALIBRATION_BUCKETS = 4
 # Splits a caller may name besides the corpus's own train / val / test.
@@ -55,8 +57,6 @@ class ForcedSequence:
 
 
 def encode_rows(rows: list[dict], tokenizer, max_length: int = 512) -> list[ForcedSequence]:
-    from train.batches import encode_row
-
     sequences = []
     for row in rows:
         ids, start = encode_row(row, tokenizer, max_length)
@@ -81,8 +81,6 @@ def pad_batch(chunk: list[ForcedSequence]) -> tuple[torch.Tensor, torch.Tensor]:
 def answer_logprobs(model, sequences: list[ForcedSequence], batch_size: int = 8) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Per batch: the sequence indices and, for each, log-probabilities [answer tokens, vocab]
     (float32, on the model's device) of the predictions for its answer tokens."""
-    from models.load import input_device
-
     device = input_device(model)
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
 from models.shapes import CONFIG_FIELD, alignment
+from train.adapters import base_of, with_lora
 from train.batches import batch_for_step, collate, encode_row
 from train.loop import LoopConfig, Task, discard_checkpoint, finished_report, train
 from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss, layer_pairs
@@ -52,7 +52,6 @@ from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss, laye
 METHODS = ("kd", "finetune", "lora")
 PROJECTIONS = ("procrustes", "learned")
 MIXED_PRECISIONS = ("no", "bf16", "auto")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _opt(default, help: str, **metadata):
@@ -143,8 +142,7 @@ class HealTask(Task):
 
 
 def _validate(student, teacher, sequences, batch_size: int) -> dict:
-    if hasattr(student, "get_base_model"):  # peft: the adapters live inside the base model's modules
-        student = student.get_base_model()
+    student = base_of(student)  # peft: the adapters live inside the base model's modules
     return forced_metrics(student, teacher if teacher is not None else student, sequences, batch_size)
 
 
@@ -163,17 +161,6 @@ def _key(config: HealConfig, student: nn.Module, teacher: nn.Module | None, corp
     return fingerprint({"config": relevant, "student": _weights_signature(student),
                         "teacher": _weights_signature(teacher) if teacher is not None else "-",
                         "corpus": corpus_sha(corpus, ("train", "val", "test"))[:16]})
-
-
-def _with_adapters(student: nn.Module, config: HealConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in student.named_modules())]
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing`; the call is peft's, not ours.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(student, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                  lora_dropout=0.0, target_modules=targets))
 
 
 def _hidden_match(base: nn.Module, teacher: nn.Module | None, train_set, pad: int, config: HealConfig,
@@ -229,10 +216,10 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     if config.method == "lora":
-        student = _with_adapters(student, config)
+        student = with_lora(student, config.lora_rank, config.lora_alpha)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    base = student.get_base_model() if config.method == "lora" else student
+    base = base_of(student)
     task = HealTask(config, teacher, val, *_hidden_match(base, teacher, train_set, tokenizer.pad_token_id, config,
                                                          layer_map, kept_channels))
     loop = loop_config(config, total, per_epoch, progress)

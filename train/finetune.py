@@ -21,12 +21,10 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from core.artifacts import TRAINING_FILE, corpus_sha, fingerprint, model_fingerprint, write_json
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
@@ -35,12 +33,12 @@ from data.poi import SYDNEY
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, load_model
 from models.recall import Scorer, fact_recall
+from train.adapters import base_of, with_lora
 from train.batches import encode_row
 from train.loop import PRECISIONS, LoopConfig, discard_checkpoint, finished_report, resolve_precision, train
 from train.proxy import ProxyTask, mean_loss
 
 METHODS = ("full", "lora")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -87,19 +85,11 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float
     return 2 * size**3 / best
 
 
-def _lora(model, config: FinetuneConfig):
-    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())]
-    with warnings.catch_warnings():  # peft asks a transformers property deprecated for its own reasons
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                target_modules=targets))
-
-
 class TourTask(ProxyTask):
     """Cross-entropy on the answers, early stopping on the held-out loss; LoRA's wrapper is looked through."""
 
     def validate(self, model) -> dict:
-        return super().validate(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        return super().validate(base_of(model))
 
 
 def loop_config(config: FinetuneConfig, steps: int, per_epoch: int, progress: bool) -> LoopConfig:
@@ -135,7 +125,7 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     loop = loop_config(config, steps, per_epoch, progress)
     peak = matmul_peak(torch.bfloat16 if resolve_precision(config.precision, torch.device("cpu")) == "bf16"
                        else torch.float32) if not torch.cuda.is_available() else None
-    trained = _lora(model, config) if config.method == "lora" else model
+    trained = with_lora(model, config.lora_rank, config.lora_alpha) if config.method == "lora" else model
     trained.train()
     result = train(trained, TourTask(val, tokenizer.pad_token_id, config.batch_size), examples,
                    tokenizer.pad_token_id, loop, out_dir, key)

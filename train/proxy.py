@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from core.artifacts import TRAINING_FILE, corpus_sha, fingerprint, write_json
 from core.cli import fail
@@ -89,8 +90,6 @@ PRESETS: dict[str, ProxyPreset] = {
 
 def qwen3_config(preset: ProxyPreset, tokenizer=None):
     """The preset's Qwen3Config; without a tokenizer (planning only) the vocabulary is the preset's."""
-    from transformers import Qwen3Config
-
     return Qwen3Config(
         vocab_size=len(tokenizer) if tokenizer is not None else preset.vocab_size,
         hidden_size=preset.hidden,
@@ -148,8 +147,6 @@ def loop_config(preset: ProxyPreset, seed: int, device: str, max_minutes: float 
 
 def _tokenizer(corpus_dir: Path, out_dir: Path, preset: ProxyPreset, tokenizer_dir: str | Path | None):
     """The given tokenizer, the one an earlier run trained into out_dir, or a new one trained there."""
-    from transformers import AutoTokenizer
-
     tok_dir = out_dir / "tokenizer"
     if tokenizer_dir is not None:
         return AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -177,8 +174,6 @@ def train_proxy(
     `stop_after` ends the run after that many steps with a checkpoint and no final model, as a
     kill would; `max_minutes` ends training early but still saves and evaluates the model. A
     directory holding a finished training of the same preset, seed and corpus is returned as is."""
-    from transformers import Qwen3ForCausalLM
-
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if torch.device(device).type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~8x faster, loss unaffected here
