@@ -40,11 +40,11 @@ from torch import nn
 from compress.depth import kept_layers
 from compress.model_flags import add_model_flags, load_options
 from compress.stats import VARIANTS
-from core.artifacts import IMPORTANCE_FILE, WIDTH_PLAN_FILE, write_json
+from core.artifacts import IMPORTANCE_FILE, WIDTH_PLAN_FILE, atomic_dir, write_json
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, decoder_layers, layer_parts, layout_of, load_model
-from models.shapes import BUDGET_AXES, parse_count, solve_budget
+from models.shapes import BUDGET_AXES, check_shape, parse_count, solve_budget
 
 SOURCES = ("activation", "magnitude", "random")
 SIZES = ("heads", "kv_heads", "ffn", "hidden")
@@ -354,9 +354,12 @@ def prune_to_width(model_path: str, load: LoadOptions, config: WidthConfig, out_
     importance = importance_path(importance)  # missing: fail before the model is loaded
     model, tokenizer = load_model(model_path, load)
     before = sum(p.numel() for p in model.parameters())
-    kept = prune_width(model, width_scores(model, config, importance, source_layers), **config.sizes(model.config))
-    out = save_model_dir(model, tokenizer, out_dir)
-    return write_plan(out, model, kept, before, model=model_path, **asdict(config))
+    sizes = config.sizes(model.config)
+    check_shape(model.config, sizes)  # an impossible shape is refused before any surgery
+    kept = prune_width(model, width_scores(model, config, importance, source_layers), **sizes)
+    with atomic_dir(out_dir) as tmp:  # the folder appears whole or not at all
+        save_model_dir(model, tokenizer, tmp)
+        return write_plan(tmp, model, kept, before, model=model_path, **asdict(config))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from compress.width import keep_by_score, keep_heads_in_groups, prune_ffn, prune_heads, prune_hidden, prune_kv_groups
+from compress.width import main as width_main
 from models.load import LoadOptions, decoder_layers, load_model
 
 TEXT = "The Queen Victoria Building fills a block of George Street."
@@ -271,3 +272,16 @@ def test_the_cli_and_the_pipeline_prune_a_depth_pruned_student_alike(micro_teach
     kept = prune_width(copy.deepcopy(student), blind, ffn=96, hidden=48)
     assert [k.tolist() for k in kept["ffn"]][1:] != piped["kept"]["ffn"][1:]
     assert kept["hidden"].tolist() != piped["kept"]["hidden"]
+
+
+def test_a_llama_pruned_to_an_impossible_shape_is_refused_before_surgery(tiny_llama_dir, tmp_path, capsys):
+    """9 query heads: hidden 128 is no multiple of them, which a Llama config refuses. The CLI says so,
+    exits 2 and leaves no folder; a valid budget writes a model that loads."""
+    out = tmp_path / "pruned"
+    assert width_main(["--model", str(tiny_llama_dir), "--out", str(out), "--source", "magnitude",
+                       "--hidden", "128"]) == 2
+    assert "not a multiple of the 9 query heads" in capsys.readouterr().err and not out.exists()
+    assert width_main(["--model", str(tiny_llama_dir), "--out", str(out), "--source", "magnitude",
+                       "--params", "100k", "--budget-axes", "hidden,ffn,heads"]) == 0
+    model, _ = load_model(str(out))
+    assert model.config.hidden_size % model.config.num_attention_heads == 0
