@@ -56,3 +56,14 @@ def test_errors_are_named(micro_teacher, tmp_path):
     done = subprocess.run([sys.executable, "-m", "export.onnx", "--model", str(tmp_path / "missing"),
                            "--out", str(tmp_path / "y")], capture_output=True, text=True)
     assert done.returncode == 2 and "no config.json" in done.stderr
+
+
+def test_a_llama_builds_and_answers_like_torch(tiny_llama_dir, tmp_path):
+    """SmolLM2's architecture through the same builder: fp32 greedy answers equal torch's."""
+    report = export_onnx(tiny_llama_dir, tmp_path / "llama-onnx", "fp32")
+    assert json.loads((tmp_path / "llama-onnx" / "genai_config.json").read_text())["model"]["type"] == "llama"
+    model, tok = load_model(str(tiny_llama_dir))
+    with open_backend("onnx", report.out) as backend:
+        for query in tour_queries()[:2]:
+            expected = generate_batch(model, tok, [build_messages(query)], max_new_tokens=24)[0].text
+            assert backend.complete(query, GenerationOptions(max_tokens=24)).text == expected
