@@ -149,6 +149,31 @@ def layer_scores(summary: dict[str, torch.Tensor], layers: list[int], weights: I
     }
 
 
+SINK_FREE = {"cos_layer": "cos_layer_nosink", "pair_cos": "pair_cos_nosink", "pair_angle": "pair_angle_nosink",
+             "pair_cka": "pair_cka_nosink"}
+
+
+def variant_scores(stats: StreamStats, variant: str, weights: ImportanceWeights) -> tuple[dict, dict]:
+    """(layer scores, summary) of one variant. Cosines, angles and CKA leave out massive-activation
+    tokens (compress.stats.SINK_RATIO) where the capture found any; the scores with them stay under
+    `with_sinks`, and Gromov et al.'s last-token angular distance is given beside the all-token mean."""
+    summary = stats.summary(variant)
+    recorded = float(stats.sums["last_count"][0]) > 0  # captures from before these sums have none
+    share = float(summary["sink_share"]) if recorded else 0.0
+    clean = {**summary, **{k: summary[v] for k, v in SINK_FREE.items()}} if share > 0 else summary
+    scores = layer_scores(clean, stats.layers, weights)
+    scores["tokens_used"] = "all but massive-activation tokens" if share > 0 else "all"
+    scores["sink_share"] = share
+    if share > 0:
+        full = layer_scores(summary, stats.layers, weights)
+        scores["with_sinks"] = {k: full[k] for k in ("cos_layer", "block_influence", "angular_1", "cka_next",
+                                                     "importance", "ranking")}
+    if recorded:
+        last = layer_scores({**clean, "pair_angle": summary["pair_angle_last"]}, stats.layers, weights)
+        scores["angular_last"], scores["blocks_last"] = last["angular_1"], last["blocks"]
+    return scores, summary
+
+
 def analyze(
     capture_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -174,8 +199,7 @@ def analyze(
     }
     tensors = {}
     for variant in VARIANTS:
-        summary = stats.summary(variant)
-        result[variant] = layer_scores(summary, layers, weights)
+        result[variant], summary = variant_scores(stats, variant, weights)
         for kind in ("channel", "head", "neuron"):
             for stat in ("importance", "variance", "sparsity"):
                 tensors[f"{variant}.{kind}_{stat}"] = summary[f"{kind}_{stat}"].float().contiguous()

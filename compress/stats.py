@@ -23,6 +23,11 @@ VARIANTS = ("unweighted", "weighted")
 # scale-free sparsity that means the same in a 64-wide proxy and in Qwen3-32B.
 SPARSE_FRACTION = 0.01
 EPS = 1e-8
+# A token is a massive-activation ("attention sink") token when its residual norm at some captured
+# state exceeds this many times the sample's median norm there. Real checkpoints grow such tokens
+# (SmolLM2's <|im_start|>: norm ~25,000 against medians of 135-490 from layer 11 on); they dominate
+# every cosine and CKA they take part in, so those statistics are also kept without them.
+SINK_RATIO = 20.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ def stat_shapes(layers: list[int], dims: Dims) -> dict[str, tuple[int, ...]]:
     return {
         "weight_sum": (), "tokens": (),
         "cos_layer": (n,), "cos_attn": (n,), "cos_ffn": (n,),
+        # without massive-activation tokens (_ns), and Gromov et al.'s last-token form (_last)
+        "sink_tokens": (), "weight_sum_ns": (), "cos_layer_ns": (n,),
+        "pair_cos_ns": (s, s), "pair_angle_ns": (s, s), "hsic_ns": (s, s),
+        "last_count": (), "pair_cos_last": (s, s), "pair_angle_last": (s, s),
         "norm": (n,), "sparsity": (n,),
         "pair_cos": (s, s), "pair_angle": (s, s), "hsic": (s, s),
         "channel_sum": (n, dims.hidden), "channel_sq": (n, dims.hidden),
@@ -132,37 +141,45 @@ class StreamStats:
 
         # Token-major [T, S, hidden], so per-token cosines are one batched product.
         states = torch.stack([sample[n].to(dev, torch.float32) for n in residual_states(self.layers)[0]], dim=1)
+        norms = states.norm(dim=-1)  # [T, S]
+        sink = (norms > SINK_RATIO * norms.median(0).values.clamp_min(EPS)).any(-1)  # [T]
+        Wn = W * (~sink).to(W.dtype)
         unit = torch.nn.functional.normalize(states, dim=-1, eps=EPS)
         pair = (unit @ unit.transpose(1, 2)).clamp(-1, 1).flatten(1)  # [T, S * S]
+        angle = torch.arccos(pair) / math.pi
         S = states.shape[1]
         adds: dict[str, torch.Tensor] = {
             "weight_sum": W.sum(1),
             "tokens": torch.full((2,), float(tokens), device=dev),
             "pair_cos": (W @ pair).unflatten(1, (S, S)),
-            "pair_angle": (W @ (torch.arccos(pair) / math.pi)).unflatten(1, (S, S)),
+            "pair_angle": (W @ angle).unflatten(1, (S, S)),
+            "sink_tokens": torch.full((2,), float(sink.sum()), device=dev),
+            "weight_sum_ns": Wn.sum(1),
+            "pair_cos_ns": (Wn @ pair).unflatten(1, (S, S)),
+            "pair_angle_ns": (Wn @ angle).unflatten(1, (S, S)),
+            "last_count": torch.ones(2, device=dev),
+            "pair_cos_last": pair[-1].unflatten(0, (S, S)).expand(2, S, S),
+            "pair_angle_last": angle[-1].unflatten(0, (S, S)).expand(2, S, S),
         }
-        del pair, unit
-        if tokens > self.cka_tokens:  # CKA on evenly spaced tokens: its cost grows with T^2
-            idx = torch.linspace(0, tokens - 1, self.cka_tokens, device=dev).round().long().unique()
-            cka_states, cka_w = states[idx], W[:, idx]
-        else:
-            cka_states, cka_w = states, W
-        cka_states = cka_states.transpose(0, 1)  # [S, T', hidden]
-        adds["hsic"] = self._hsic(cka_states, cka_w)
-        del states, cka_states
+        del pair, unit, angle
+        adds["hsic"] = self._sampled_hsic(states, W, torch.arange(tokens, device=dev))
+        # Without sinks only where there are any: a proxy without them pays nothing extra.
+        adds["hsic_ns"] = (self._sampled_hsic(states, W, (~sink).nonzero().squeeze(-1)) if sink.any()
+                           else adds["hsic"])
+        del states
 
         per_layer: dict[str, list[torch.Tensor]] = {}
         chunk = self.layers_per_chunk
         for start in range(0, len(self.layers), chunk):
             ks = range(start, min(start + chunk, len(self.layers)))
-            for name, value in self._layer_chunk(sample, list(ks), W, P).items():
+            for name, value in self._layer_chunk(sample, list(ks), W, P, Wn).items():
                 per_layer.setdefault(name, []).append(value)
         adds.update({name: torch.cat(parts, dim=1) for name, parts in per_layer.items()})
         for name, value in adds.items():
             self.sums[name] += value
         self.samples += 1
 
-    def _layer_chunk(self, sample, ks: list[int], W, P) -> dict[str, torch.Tensor]:
+    def _layer_chunk(self, sample, ks: list[int], W, P, Wn) -> dict[str, torch.Tensor]:
         """Per-layer sums of layers `ks`, each [2, len(ks), ...].
 
         Activations are stacked token-major ([T, L, k]), so each weighted sum over tokens is one
@@ -196,6 +213,7 @@ class StreamStats:
         per_token = wsum(W, scalars)
         names = ("cos_layer", "cos_attn", "cos_ffn", "norm", "sparsity")
         adds = {name: per_token[..., n] for n, name in enumerate(names)}
+        adds["cos_layer_ns"] = Wn @ scalars[..., 0]
         for kind, act, sq, small in (("channel", out, out_sq, out_small), ("head", head_norm, head_sq, head_small),
                                      ("neuron", neurons, neuron_sq, neuron_small)):
             adds[f"{kind}_sum"] = wsum(W, act)
@@ -204,6 +222,16 @@ class StreamStats:
             # Minitron: mean |activation| over a sample's tokens (P rows sum to 1), L2 over samples.
             adds[f"{kind}_imp_sq"] = wsum(P, act.abs()) ** 2
         return adds
+
+    def _sampled_hsic(self, states: torch.Tensor, W: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """`_hsic` over the given tokens ([T, S, hidden] states), evenly thinned to `cka_tokens`:
+        its cost grows with T^2."""
+        if len(tokens) == 0:
+            return torch.zeros((2, states.shape[1], states.shape[1]), dtype=torch.float64, device=states.device)
+        if len(tokens) > self.cka_tokens:
+            tokens = tokens[torch.linspace(0, len(tokens) - 1, self.cka_tokens, device=tokens.device).round().long()
+                            .unique()]
+        return self._hsic(states[tokens].transpose(0, 1), W[:, tokens])
 
     @staticmethod
     def _hsic(states: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -239,6 +267,8 @@ class StreamStats:
         dims = Dims(*state["dims"].tolist())
         stats = cls(state["layers"].tolist(), dims, device=device)
         for k in stats.sums:
+            if f"{VARIANTS[0]}.{k}" not in state:  # a capture from before this statistic existed
+                continue
             stats.sums[k] = torch.stack([state[f"{v}.{k}"] for v in VARIANTS]).to(stats.device, torch.float64)
         stats.samples = int(state["samples"])
         return stats
@@ -254,10 +284,18 @@ class StreamStats:
             mean = s[f"{kind}_sum"] / total
             return (s[f"{kind}_sq"] / total - mean**2).clamp_min(0)
 
-        hsic = s["hsic"]
-        diag = hsic.diagonal().clamp_min(EPS)
+        hsic, hsic_ns = s["hsic"], s["hsic_ns"]
+        diag, diag_ns = hsic.diagonal().clamp_min(EPS), hsic_ns.diagonal().clamp_min(EPS)
         channel_var = var("channel")
+        total_ns, last = s["weight_sum_ns"].clamp_min(EPS), s["last_count"].clamp_min(1)
         return {
+            "sink_share": s["sink_tokens"] / s["tokens"].clamp_min(1),
+            "cos_layer_nosink": s["cos_layer_ns"] / total_ns,
+            "pair_cos_nosink": s["pair_cos_ns"] / total_ns,
+            "pair_angle_nosink": s["pair_angle_ns"] / total_ns,
+            "pair_cka_nosink": hsic_ns / torch.sqrt(diag_ns[:, None] * diag_ns[None, :]),
+            "pair_cos_last": s["pair_cos_last"] / last,
+            "pair_angle_last": s["pair_angle_last"] / last,
             "cos_layer": s["cos_layer"] / total,
             "cos_attn": s["cos_attn"] / total,
             "cos_ffn": s["cos_ffn"] / total,
