@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,20 +24,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from bench import reproduce_command  # noqa: E402
+from bench import real_teacher_and_corpus, reproduce_command, work_folder  # noqa: E402
 from core.artifacts import write_atomic, write_json  # noqa: E402
-from data.build import BuildConfig, build  # noqa: E402
-from models.pretrained import prepare  # noqa: E402
 from train.finetune import FinetuneConfig, finetune  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def run(steps: int, batch_size: int, work: Path) -> dict:
-    base = prepare("smollm2-135m-instruct")
-    corpus = work / "corpus"
-    if not (corpus / "train.jsonl").is_file():
-        build(BuildConfig(), corpus, progress=False)
+    base, corpus = real_teacher_and_corpus(work)
     config = FinetuneConfig(max_steps=steps, batch_size=batch_size, lr=1e-4, warmup=2, eval_every=steps,
                             patience=None, recall_samples=8, eval_samples=32, max_length=448, checkpoint_every=None)
     reports = {}
@@ -101,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/results/finetune.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.steps, args.batch_size, Path(args.work) if args.work else Path(tmp))
+    with work_folder(args.work) as work:
+        result = run(args.steps, args.batch_size, work)
     plot_name = out.stem + ".png"
     plot(result, out.with_name(plot_name))
     write_json(out.with_suffix(".json"), result)

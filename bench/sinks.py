@@ -13,23 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from bench import reproduce_command
+from bench import real_teacher_and_corpus, reproduce_command, work_folder
 from compress.analyze import analyze
 from compress.capture import CaptureConfig, Sources, run_capture
 from core.artifacts import write_atomic, write_json
-from data.build import BuildConfig, build
 from models.load import LoadOptions
-from models.pretrained import prepare
 
 
 def measure(samples: int, work: Path) -> dict:
-    model = prepare("smollm2-135m-instruct")
-    corpus = work / "corpus"
-    if not (corpus / "train.jsonl").is_file():
-        build(BuildConfig(), corpus, progress=False)
+    model, corpus = real_teacher_and_corpus(work)
     capture = work / "capture"
     run_capture(str(model), capture, Sources(data=str(corpus)),
                 CaptureConfig(limit=samples, max_new_tokens=96, batch_size=8, max_length=448),
@@ -79,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/results/real-analysis.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.samples, Path(args.work) if args.work else Path(tmp))
+    with work_folder(args.work) as work:
+        result = measure(args.samples, work)
     keep = ("samples", "tokens", "layers", "unweighted", "weighted")
     write_json(out.with_suffix(".json"), {k: result[k] for k in keep})
     command = reproduce_command("bench.sinks", sys.argv[1:] if argv is None else argv, out, "real-analysis.md")

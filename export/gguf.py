@@ -256,16 +256,17 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", progr
     tied = bool(config.get("tie_word_embeddings", False))
 
     with atomic_path(out) as partial:
-        writer = gguf.GGUFWriter(str(partial), architecture_of(config).name, use_temp_file=True)
+        arch = architecture_of(config)
+        writer = gguf.GGUFWriter(str(partial), arch.name, use_temp_file=True)
         try:
-            _write_all(writer, model_dir, config, quant, vocab, rope, tied, progress)
+            _write_all(writer, model_dir, config, arch, quant, vocab, rope, tied, progress)
         finally:
             writer.close()
     return out
 
 
-def _write_all(writer, model_dir: Path, config: dict, quant: str, vocab: dict, rope: dict, tied: bool,
-               progress: bool) -> None:
+def _write_all(writer, model_dir: Path, config: dict, arch: Architecture, quant: str, vocab: dict, rope: dict,
+               tied: bool, progress: bool) -> None:
     layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
     writer.add_name(model_dir.resolve().name)
@@ -302,7 +303,6 @@ def _write_all(writer, model_dir: Path, config: dict, quant: str, vocab: dict, r
     if vocab["chat_template"]:
         writer.add_chat_template(vocab["chat_template"])
 
-    arch = architecture_of(config)
     name_map = gguf.get_tensor_name_map(arch.model_arch, layers)
     kv_heads = config.get("num_key_value_heads", heads)
     tensors = list(checkpoint_tensors(model_dir))

