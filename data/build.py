@@ -32,7 +32,7 @@ from data.generate.writer_prompt import TEMPLATE_FILES
 from data.poi import POI, SYDNEY, POIError
 from data.poi.loaders import load_any
 from data.prompt import TourQuery, build_messages
-from data.sampling import SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, sample_requests, split_cells
+from data.sampling import HOLDOUTS, SPLITS, STRATEGIES, SamplingConfig, cells_from_pois, split_requests
 from data.validate import PlaceNames, text_problems
 
 # Help for the fields of the sampling and writer options, which live with the code that reads them.
@@ -41,8 +41,10 @@ SAMPLING_HELP = {
                          "density: cells in POI-dense areas more often", "choices": STRATEGIES},
     "samples_per_cell": "average samples per cell",
     "seed": "seeds the split, the sampling and the wording",
-    "val_fraction": "share of cells held out for validation",
-    "test_fraction": "share of cells held out for test",
+    "val_fraction": "share of cells (or of each cell's requests) held out for validation",
+    "test_fraction": "share of cells (or of each cell's requests) held out for test",
+    "holdout": {"help": "cells: val/test are places never trained on; requests: every place in every split "
+                        "(the corpus of a model that ships knowing them all)", "choices": HOLDOUTS},
     "off_interest_rate": "how often a request adds an interest the place lacks",
     "max_interests": "most interests one request names",
     "country": "country named in the writer's prompt",
@@ -116,11 +118,8 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     """Build the corpus into `out`; returns the summary that is also stored in snapshot.json."""
     pois = load_sources(config.poi_files())
     cells = cells_from_pois(pois)
-    by_split = split_cells(cells, config.sampling)
-    requests: list[tuple[str, GenerationRequest]] = []
-    for split in SPLITS:
-        split_requests = sample_requests(by_split[split], config.sampling, pois, salt=split)
-        requests += [(split, r) for r in split_requests[: config.limit]]
+    by_split = split_requests(cells, config.sampling, pois)
+    requests = [(split, r) for split in SPLITS for r in by_split[split][: config.limit]]
 
     generator = make_generator(config.backend, config.writer)
     names = PlaceNames(pois)
@@ -169,7 +168,7 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     summary = {
         "backend": config.backend,
         "pois": len(pois),
-        "cells": {s: len(by_split[s]) for s in SPLITS},
+        "cells": {s: len({r.plus_code for r in by_split[s]}) for s in SPLITS},
         "requests": len(requests),
         "accepted": counts,
         "rejected": len(rejects),

@@ -19,6 +19,10 @@ from data.vocab import INTERESTS, STYLES
 
 STRATEGIES = ("uniform", "interest-balanced", "density")
 SPLITS = ("train", "val", "test")
+# cells: val and test are places never trained on (to measure what a model does off its map);
+# requests: every place in every split, the splits differing in interests and style only (the
+# corpus of a model that ships knowing every place).
+HOLDOUTS = ("cells", "requests")
 _DENSITY_RADIUS_M = 500.0
 _RETRIES_PER_SLOT = 30
 
@@ -46,10 +50,13 @@ class SamplingConfig:
     max_interests: int = 3
     country: str = "Australia"
     language: str = "English"
+    holdout: str = "cells"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"unknown holdout {self.holdout!r}; choose from {list(HOLDOUTS)}")
         if self.samples_per_cell <= 0:
             raise ValueError("samples_per_cell must be positive")
         if not (self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1):
@@ -78,6 +85,27 @@ def split_of(plus_code: str, config: SamplingConfig) -> str:
     if u < config.test_fraction + config.val_fraction:
         return "val"
     return "train"
+
+
+def split_requests(cells: list[Cell], config: SamplingConfig, all_pois: list[POI]) -> dict[str, list[GenerationRequest]]:
+    """The requests of each split. Held out by cell, a split samples `samples_per_cell` for each
+    of its cells; held out by request, train does so for every cell and val / test draw their
+    fraction of that on the same cells, never repeating a request of an earlier split."""
+    if config.holdout == "cells":
+        by_split = split_cells(cells, config)
+        return {s: sample_requests(by_split[s], config, all_pois, salt=s) for s in SPLITS}
+    share = {"train": 1.0, "val": config.val_fraction, "test": config.test_fraction}
+    out: dict[str, list[GenerationRequest]] = {}
+    taken: set[tuple] = set()
+    for split in SPLITS:
+        out[split] = sample_requests(cells, config, all_pois, salt=split,
+                                     per_cell=config.samples_per_cell * share[split], exclude=taken)
+        taken |= {request_key(r) for r in out[split]}
+    return out
+
+
+def request_key(request: GenerationRequest) -> tuple:
+    return request.plus_code, tuple(request.interests), request.style
 
 
 def split_cells(cells: list[Cell], config: SamplingConfig) -> dict[str, list[Cell]]:
@@ -112,13 +140,16 @@ def _interests_for(cell: Cell, rng: random.Random, config: SamplingConfig, first
 
 
 def sample_requests(
-    cells: list[Cell], config: SamplingConfig, all_pois: list[POI] | None = None, salt: str = ""
+    cells: list[Cell], config: SamplingConfig, all_pois: list[POI] | None = None, salt: str = "",
+    per_cell: float | None = None, exclude: set[tuple] | frozenset = frozenset(),
 ) -> list[GenerationRequest]:
-    """Distinct (cell, interests, style) requests for one split, reproducible from the seed."""
-    if not cells:
+    """Distinct (cell, interests, style) requests for one split, none of them in `exclude`,
+    reproducible from the seed; `per_cell` (default samples_per_cell) on average for each cell."""
+    per_cell = config.samples_per_cell if per_cell is None else per_cell
+    if not cells or per_cell <= 0:
         return []
     rng = random.Random(f"{config.seed}:{config.strategy}:{salt}")
-    total = max(1, round(config.samples_per_cell * len(cells)))
+    total = max(1, round(per_cell * len(cells)))
     styles = list(STYLES)
     # Quadratic in the POI count, so only the strategy that uses it pays for it.
     weights = (
@@ -148,7 +179,7 @@ def sample_requests(
                 cell, style = rng.choices(cells, weights=weights)[0], rng.choice(styles)
             interests = _interests_for(cell, rng, config, first)
             key = (cell.plus_code, interests, style)
-            if key not in seen:
+            if key not in seen and key not in exclude:
                 break
         else:
             continue

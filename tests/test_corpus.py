@@ -13,7 +13,15 @@ from data.generate.base import GenerationRequest
 from data.generate.template import ranked_facts, write
 from data.geo import plus_code_for
 from data.poi import POI, load_pois
-from data.sampling import SamplingConfig, cells_from_pois, sample_requests, split_cells, split_of
+from data.sampling import (
+    SamplingConfig,
+    cells_from_pois,
+    request_key,
+    sample_requests,
+    split_cells,
+    split_of,
+    split_requests,
+)
 from data.validate import PlaceNames, text_problems
 from data.vocab import STYLES, count_sentences, style_problems
 
@@ -57,6 +65,30 @@ def test_splits_are_by_place_and_do_not_move_when_places_are_added(cells):
     again = split_cells(cells + extra, config)
     assert all(split_of(c.plus_code, config) == s for s, cs in again.items() for c in cs)
     assert {c.plus_code for c in again["test"]} >= {c.plus_code for c in by_split["test"]}
+
+
+def test_held_out_by_request_every_place_is_in_every_split_and_no_request_repeats(cells, pois):
+    config = SamplingConfig(seed=3, samples_per_cell=6, val_fraction=0.25, test_fraction=0.25, holdout="requests")
+    by_split = split_requests(cells, config, pois)
+    codes = {s: {r.plus_code for r in reqs} for s, reqs in by_split.items()}
+    assert codes["train"] == codes["val"] == codes["test"] == {c.plus_code for c in cells}
+    keys = [request_key(r) for reqs in by_split.values() for r in reqs]
+    assert len(keys) == len(set(keys))
+    assert len(by_split["train"]) == 6 * len(cells)
+    assert len(by_split["val"]) == len(by_split["test"]) == round(1.5 * len(cells))
+
+
+def test_held_out_by_cell_matches_the_cell_split(cells, pois):
+    config = SamplingConfig(seed=3, val_fraction=0.3, test_fraction=0.3)
+    by_cell = split_cells(cells, config)
+    by_split = split_requests(cells, config, pois)
+    assert {s: {r.plus_code for r in reqs} for s, reqs in by_split.items()} == \
+        {s: {c.plus_code for c in cs} for s, cs in by_cell.items()}
+
+
+def test_an_unknown_holdout_is_refused():
+    with pytest.raises(ValueError, match="holdout"):
+        SamplingConfig(holdout="places")
 
 
 # --- sampling strategies ----------------------------------------------------------------------

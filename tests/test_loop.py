@@ -25,8 +25,10 @@ class Bigram(nn.Module):
         self.drop = nn.Dropout(0.3)
         self.head = nn.Linear(8, VOCAB)
 
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.head(self.drop(self.embed(input_ids))))
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+        """A causal LM's signature: `logits_to_keep` last positions (0: all), as transformers'."""
+        hidden = self.drop(self.embed(input_ids))
+        return SimpleNamespace(logits=self.head(hidden[:, -logits_to_keep:]))
 
 
 def examples(n=20):

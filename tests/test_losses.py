@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss
+from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss, scored_from
 
 
 def test_answer_ce_is_bit_for_bit_the_loss_transformers_computes():
@@ -18,6 +18,22 @@ def test_answer_ce_is_bit_for_bit_the_loss_transformers_computes():
     labels[:, :3] = -100  # the prompt
     out = model(input_ids=ids, labels=labels)
     assert torch.equal(answer_ce(out.logits, labels), out.loss)
+
+
+def test_the_training_loss_skips_prompt_logits_and_is_the_loss_over_all_of_them():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.loop import Task
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    ids = torch.randint(0, 40, (2, 9))
+    labels = ids.clone()
+    labels[0, :5], labels[1, :4] = -100, -100  # prompts of 5 and 4 tokens: logits kept from position 3
+    assert scored_from(labels) == 3 and scored_from(torch.full((1, 4), -100)) == 0
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    assert Task().loss(model, batch).item() == pytest.approx(model(input_ids=ids, labels=labels).loss.item(), rel=1e-6)
 
 
 def test_answer_ce_scores_only_the_predictions_of_answer_tokens():

@@ -64,6 +64,23 @@ def test_paths_are_not_settings(tmp_path):
 
 
 def test_the_shipped_presets_load(tmp_path):
-    for name in ("micro", "demo", "qwen3-32b", "smollm2"):
+    for name in ("micro", "demo", "qwen3-32b", "smollm2", "smollm2-ship"):
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
         assert config.run.id == name
+
+
+def test_a_variant_config_extends_another_and_says_only_how_it_differs(tmp_path):
+    (tmp_path / "base.toml").write_text(MINIMAL + "[data.sampling]\nseed = 4\nval_fraction = 0.2\n")
+    (tmp_path / "ship.toml").write_text("extends = 'base.toml'\n[run]\nid = 'ship'\n"
+                                        "[data.sampling]\nholdout = 'requests'\n")
+    config, base = load_config(tmp_path / "ship.toml"), load_config(tmp_path / "base.toml")
+    assert config.run.id == "ship" and config.depth == base.depth and config.width == base.width
+    sampling = config.data.sampling
+    assert (sampling.seed, sampling.val_fraction, sampling.holdout) == (4, 0.2, "requests")
+
+
+def test_a_config_that_extends_itself_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text("extends = 'b.toml'\n" + MINIMAL)
+    (tmp_path / "b.toml").write_text("extends = 'a.toml'\n" + MINIMAL)
+    with pytest.raises(PipelineError, match="loops"):
+        load_config(tmp_path / "a.toml")

@@ -59,7 +59,10 @@ class FinetuneConfig:
     precision: str = field(default="auto", metadata={"help": "fp32, bf16, or auto (bf16 where native)",
                                                      "choices": PRECISIONS})
     eval_every: int | None = field(default=None, metadata={"help": "validate every N steps (default: per epoch)"})
-    patience: int | None = field(default=3, metadata={"help": "validations without a lower loss before stopping"})
+    # Unset by default: a corpus held out by cell validates on places the teacher never sees, whose
+    # loss rises as it memorises its own, so stopping on it would stop the learning that matters.
+    patience: int | None = field(default=None, metadata={
+        "help": "validations without a lower loss before stopping (unset: train to the end)"})
     eval_samples: int = field(default=64, metadata={"help": "validation rows"})
     recall_samples: int = field(default=48, metadata={"help": "known-place rows answered for the recall check"})
     checkpoint_every: int | None = field(default=50, metadata={"help": "steps between checkpoints"})

@@ -23,6 +23,12 @@ def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
+def scored_from(labels: torch.Tensor) -> int:
+    """The first position whose logits any row scores: the one before its earliest labelled token."""
+    columns = (labels != IGNORE).any(dim=0).nonzero()
+    return max(0, int(columns[0]) - 1) if len(columns) else 0
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
             temperature: float) -> torch.Tensor:
     """KL(teacher_T || student_T) * T^2 per masked position, averaged. The T^2 keeps the gradient's

@@ -133,16 +133,35 @@ def _section(name: str, table: dict, seed: int):
     return build(table, name) if build else from_table(cls, table, name)
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """The config file, checked: unknown sections and keys, a missing [run] / [teacher] / [depth],
-    and settings that contradict each other are refused with the reason."""
-    path = Path(path)
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The file's tables; with `extends = "OTHER.toml"` (beside it), OTHER's tables overlaid by
+    this file's, key by key: a variant run (e.g. the shipped model's) says only how it differs."""
     if not path.is_file():
         raise PipelineError(f"no config file at {path}; presets live in configs/ (micro, demo, qwen3-32b)")
+    if path.resolve() in seen:
+        raise PipelineError(f"{path}: `extends` loops back to itself")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: {exc}") from None
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    return _overlay(_read_toml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """The config file, checked: unknown sections and keys, a missing [run] / [teacher] / [depth],
+    and settings that contradict each other are refused with the reason."""
+    path = Path(path)
+    raw = _read_toml(path)
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise PipelineError(f"{path}: unknown section(s) {', '.join(unknown)}")
