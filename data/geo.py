@@ -178,6 +178,23 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 6_371_000 * math.hypot(dx, dy)
 
 
+COMPASS_POINTS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+
+
+def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Initial bearing from the first point to the second, degrees clockwise from north in [0, 360);
+    on the same equirectangular plane as `distance_m`, so the two agree at city scale."""
+    mean_lat = math.radians((lat1 + lat2) / 2)
+    dx = math.radians((lon2 - lon1 + 180) % 360 - 180) * math.cos(mean_lat)  # the short way round
+    dy = math.radians(lat2 - lat1)
+    return math.degrees(math.atan2(dx, dy)) % 360
+
+
+def compass(bearing: float) -> str:
+    """The nearest of the eight compass points a person reads ("north-east") for a bearing in degrees."""
+    return COMPASS_POINTS[round((bearing % 360) / 45) % 8]
+
+
 def plus_code_for(lat: float, lon: float, digits: int = 10) -> str:
     """Full Plus Code of the cell containing the point; 10 digits (~14 m) or 11 (~3 m)."""
     if digits not in (10, 11):

@@ -1,4 +1,5 @@
-"""The Plus Code layer: what a pin becomes, what a person may type, and how bad input fails."""
+"""The Plus Code layer: what a pin becomes, what a person may type, how bad input fails, and how far
+and which way a place lies from a pin."""
 
 import json
 import math
@@ -8,7 +9,19 @@ import sys
 import pytest
 from openlocationcode import openlocationcode as olc
 
-from data.geo import Gazetteer, GeoError, Locality, decode, encode, parse, plus_code_for, shorten
+from data.geo import (
+    Gazetteer,
+    GeoError,
+    Locality,
+    bearing_deg,
+    compass,
+    decode,
+    distance_m,
+    encode,
+    parse,
+    plus_code_for,
+    shorten,
+)
 
 OPERA_HOUSE = (-33.8568, 151.2153)
 
@@ -141,3 +154,31 @@ def test_cli_prints_the_error_and_exits_with_status_2(args, message):
     out = _cli(*args)
     assert out.returncode == 2
     assert message in out.stderr and out.stdout == ""
+
+
+def test_distance_between_two_landmarks_is_city_scale_metres():
+    # The Opera House to the Harbour Bridge's surveyed point: about 650 m.
+    assert distance_m(-33.85678, 151.2153, -33.8523, 151.2108) == pytest.approx(650, abs=30)
+    assert distance_m(*OPERA_HOUSE, *OPERA_HOUSE) == 0
+
+
+@pytest.mark.parametrize("dlat, dlon, bearing, point", [
+    (0.001, 0.0, 0, "north"), (0.001, 0.0012, 45, "north-east"), (0.0, 0.001, 90, "east"),
+    (-0.001, 0.0012, 135, "south-east"), (-0.001, 0.0, 180, "south"), (-0.001, -0.0012, 225, "south-west"),
+    (0.0, -0.001, 270, "west"), (0.001, -0.0012, 315, "north-west"),
+])
+def test_the_bearing_from_a_pin_to_a_place_reads_as_a_compass_point(dlat, dlon, bearing, point):
+    lat, lon = OPERA_HOUSE
+    # 0.0012 degrees of longitude at Sydney's latitude is about as far as 0.001 of latitude.
+    got = bearing_deg(lat, lon, lat + dlat, lon + dlon)
+    assert got == pytest.approx(bearing, abs=1.5)
+    assert compass(got) == point
+
+
+def test_compass_points_split_the_circle_at_the_half_way_bearings():
+    assert [compass(b) for b in (22.4, 22.6, 359.9, 337.6, -10, 360)] == [
+        "north", "north-east", "north", "north", "north", "north"]
+
+
+def test_the_bearing_takes_the_short_way_across_the_antimeridian():
+    assert bearing_deg(-16.8, 179.99, -16.8, -179.99) == pytest.approx(90)
