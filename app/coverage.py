@@ -1,8 +1,10 @@
 """Which places a model knows: the cells of its training corpus, with their POIs.
 
-A proxy model memorises the facts of exact 10-digit Plus Code cells (about 14 m wide). A pin
-anywhere else gets an answer too, but an invented one; the app uses this file to say so plainly
-and to point at the nearest place the model does know.
+A proxy model memorises the facts of exact 10-digit Plus Code cells (about 14 m wide). People
+stand in front of things, not on the surveyed point, so the app looks around a pin: the known
+places within `AROUND_M`, nearest first, each with its distance and compass direction. It answers
+for one of them, asking the model about that place's own cell (as it was trained); with none
+around, it says plainly that the answer is not backed by facts and how far the nearest one is.
 
     python -m app.coverage --corpus runs/demo/data --out models/tour-guide-demo.coverage.json
 """
@@ -18,12 +20,12 @@ from pathlib import Path
 from core.artifacts import write_json
 from core.cli import fail
 from data.corpus import read_split
-from data.geo import Place, distance_m
+from data.geo import Place, bearing_deg, compass, distance_m
 from data.poi import SYDNEY, load_pois
 
-# A pin within this distance of a known POI is "at" it: a 10-digit cell is ~14 m, and people drop
-# pins on a building's roof, not on the surveyed point. Beyond it the app offers the nearest one.
-NEAR_M = 60.0
+# The known places "around" a pin: a few minutes' walk, what a person standing there can see or
+# reach. The one radius of the app: the API, the page and the notice all read it from here.
+AROUND_M = 500.0
 
 
 @dataclass(frozen=True)
@@ -37,27 +39,50 @@ class KnownPlace:
     locality: str
 
 
+@dataclass(frozen=True)
+class Nearby:
+    """A known place seen from a pin: how far, and which way to walk."""
+
+    place: KnownPlace
+    distance_m: float
+    bearing_deg: float  # from the pin to the place, clockwise from north
+
+    @property
+    def direction(self) -> str:
+        return compass(self.bearing_deg)
+
+    def to_json(self) -> dict:
+        return {**asdict(self.place), "distance_m": round(self.distance_m, 1),
+                "bearing_deg": round(self.bearing_deg) % 360, "direction": self.direction}
+
+
 class Coverage:
     def __init__(self, places: list[KnownPlace]):
         self.places = places
-        self._cells = {p.plus_code for p in places}
+        self._by_id = {p.poi_id: p for p in places}
 
     @classmethod
     def load(cls, path: str | Path) -> Coverage:
         rows = json.loads(Path(path).read_text(encoding="utf-8"))["places"]
         return cls([KnownPlace(**row) for row in rows])
 
-    def lookup(self, place: Place) -> dict:
-        """Whether the model knows this spot, and the nearest place it does know."""
-        known = place.plus_code in self._cells
-        if not self.places:
-            return {"known": False, "near_known": False, "nearest": None}
-        nearest = min(self.places, key=lambda p: distance_m(place.latitude, place.longitude, p.latitude, p.longitude))
-        metres = distance_m(place.latitude, place.longitude, nearest.latitude, nearest.longitude)
-        return {"known": known, "near_known": known or metres <= NEAR_M,
-                "nearest": {"name": nearest.name, "plus_code": nearest.plus_code, "short_code": nearest.short_code,
-                            "locality": nearest.locality, "latitude": nearest.latitude,
-                            "longitude": nearest.longitude, "distance_m": round(metres, 1)}}
+    def find(self, poi_id: str) -> KnownPlace | None:
+        return self._by_id.get(poi_id)
+
+    def seen_from(self, place: Place, known: KnownPlace) -> Nearby:
+        return Nearby(known, distance_m(place.latitude, place.longitude, known.latitude, known.longitude),
+                      bearing_deg(place.latitude, place.longitude, known.latitude, known.longitude))
+
+    def nearest(self, place: Place) -> Nearby | None:
+        """The closest known place however far (None only for an empty coverage)."""
+        seen = (self.seen_from(place, p) for p in self.places)
+        return min(seen, key=lambda n: (n.distance_m, n.place.poi_id), default=None)
+
+    def around(self, place: Place, radius_m: float = AROUND_M) -> list[Nearby]:
+        """The known places within `radius_m` of `place`, nearest first (ties by id, so the order is
+        stable). A linear scan: a model knows a few hundred places, a request costs microseconds."""
+        seen = [self.seen_from(place, p) for p in self.places]
+        return sorted((n for n in seen if n.distance_m <= radius_m), key=lambda n: (n.distance_m, n.place.poi_id))
 
 
 def coverage_from_corpus(corpus: str | Path, pois: str | Path, split: str = "train") -> list[KnownPlace]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from app.coverage import AROUND_M
 from app.service import RequestError, TourGuide, TourRequest, parse_place
-from data.geo import Place
 from data.vocab import INTERESTS, STYLES
 from models.backends import BackendError, GenerationOptions, open_backend
 from models.backends.base import current_rss
@@ -29,7 +29,9 @@ HEAD = """
 <script src="/web/lib/topojson-client/dist/topojson-client.min.js"></script>
 <script src="/web/static/map.js"></script>
 """
-CSS = "#tg-map { height: 440px; border-radius: 8px; } .tg-notice { color: #9a3412; font-weight: 600; }"
+CSS = """#tg-map { height: 440px; border-radius: 8px; } .tg-notice { color: #9a3412; font-weight: 600; }
+.tg-label { background: none; border: none; box-shadow: none; color: #1e3a5f; font-size: 11px; font-weight: 600;
+            text-shadow: 0 0 3px #fff, 0 0 3px #fff; white-space: nowrap; }"""
 EXAMPLES = [  # Sydney landmarks the demo model knows, and a city it has never seen
     ["46V8+73 Sydney", ["architecture", "views"], "brief"],
     ["-33.852300, 151.210800", ["history"], "stimulate"],
@@ -58,21 +60,24 @@ class Guides:
         return next(iter(self.models))
 
 
-def place_markdown(guide: TourGuide, place: Place) -> str:
-    header = guide.header(place)
+def place_markdown(header: dict) -> str:
+    """The pin: its codes, and what the model knows around it (the choices list them one by one)."""
     lines = [f"**{header['plus_code']}**" + (f" · short code **{header['short_code']} {header['locality']}**"
                                                if header["short_code"] else " · no locality nearby for a short code"),
              f"latitude {header['latitude']:.6f}, longitude {header['longitude']:.6f}"]
-    coverage = header["coverage"]
     if header["notice"]:
         lines.append(f"<span class='tg-notice'>⚠ {header['notice']}</span>")
-    elif coverage and not coverage["known"] and header["answered_for"]:
-        near = header["answered_for"]
-        lines.append(f"Nearest place the model knows: **{near['name']}**, {near['distance_m']:.0f} m away; "
-                     "the description is for that place.")
-    elif header["answered_for"]:
-        lines.append(f"The model knows this spot: **{header['answered_for']['name']}**.")
+    elif header["nearby"]:
+        count = len(header["nearby"])
+        lines.append(f"{count} place{'s' if count > 1 else ''} this model knows within {AROUND_M:.0f} m: "
+                     "the description is for the one chosen below.")
     return "  \n".join(lines)
+
+
+def nearby_choices(header: dict) -> list[tuple[str, str]]:
+    """(label, poi_id) per place around the pin, nearest first: "Sydney Opera House · 150 m north-east"."""
+    return [(f"{n['name']} · {round(n['distance_m'], -1):.0f} m {n['direction']}"
+             if n["distance_m"] >= 20 else f"{n['name']} · here", n["poi_id"]) for n in header["nearby"]]
 
 
 def stats_markdown(stats: dict | None) -> str:
@@ -85,37 +90,50 @@ def stats_markdown(stats: dict | None) -> str:
             f"{stats['peak_rss_bytes'] / 2**20:.0f} MiB · process now {rss:.0f} MiB")
 
 
+def describe_markdown(header: dict, text: str) -> str:
+    """The app's own line (which place, how far, which way) or the notice, then the model's text as it came."""
+    if header["notice"]:
+        return f"<span class='tg-notice'>⚠ {header['notice']}</span>\n\n{text}"
+    return f"**{header['lead']}**\n\n{text}" if header["lead"] else text
+
+
+def locate(guides: Guides, location: str, label: str):
+    """A typed or clicked location -> the place shown, the pin, the choices around it, and the
+    places for the map to mark."""
+    if not (location or "").strip():
+        return "Click the map, or type coordinates or a Plus Code.", None, None, gr.Radio(choices=[], value=None), []
+    try:
+        place = parse_place({"plus_code": location})
+    except RequestError as exc:
+        return f"<span class='tg-notice'>{exc.message}</span>", None, None, gr.Radio(choices=[], value=None), []
+    header = guides.get(label).header(place)
+    choices = nearby_choices(header)
+    return (place_markdown(header), place.latitude, place.longitude,
+            gr.Radio(choices=choices, value=choices[0][1] if choices else None), header["nearby"])
+
+
+def generate(guides: Guides, location, interests, style, label, poi_id, temperature, top_p,
+             max_tokens) -> Iterator[tuple[str, str]]:
+    try:
+        request = TourRequest.parse({"plus_code": location, "interests": list(interests or []), "style": style,
+                                     "poi_id": poi_id or None})
+        options = GenerationOptions(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens))
+        guide = guides.get(label)
+        plan = guide.plan(request)
+    except RequestError as exc:
+        raise gr.Error(f"{exc.field}: {exc.message}") from None
+    except (ValueError, BackendError) as exc:
+        raise gr.Error(str(exc)) from None
+    text = ""
+    for kind, payload in guide.stream(plan, options):
+        if kind == "token":
+            text += payload["text"]
+            yield describe_markdown(plan.header, text), "generating…"
+        elif kind == "done":
+            yield describe_markdown(plan.header, payload["description"]), stats_markdown(payload["timings"])
+
+
 def build_page(guides: Guides) -> gr.Blocks:
-    def request_for(location: str, interests: list[str], style: str) -> TourRequest:
-        return TourRequest.parse({"plus_code": location, "interests": list(interests or []), "style": style})
-
-    def locate(location: str, label: str):
-        if not (location or "").strip():
-            return "Click the map, or type coordinates or a Plus Code.", None, None
-        try:
-            place = parse_place({"plus_code": location})
-        except RequestError as exc:
-            return f"<span class='tg-notice'>{exc.message}</span>", None, None
-        return place_markdown(guides.get(label), place), place.latitude, place.longitude
-
-    def generate(location, interests, style, label, temperature, top_p, max_tokens) -> Iterator[tuple[str, str]]:
-        try:
-            request = request_for(location, interests, style)
-            options = GenerationOptions(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens))
-            guide = guides.get(label)
-        except RequestError as exc:
-            raise gr.Error(f"{exc.field}: {exc.message}") from None
-        except (ValueError, BackendError) as exc:
-            raise gr.Error(str(exc)) from None
-        text = ""
-        for kind, payload in guide.stream(request, options):
-            if kind == "token":
-                text += payload["text"]
-                yield text, "generating…"
-            elif kind == "done":
-                notice = f"<span class='tg-notice'>⚠ {payload['notice']}</span>\n\n" if payload["notice"] else ""
-                yield notice + payload["description"], stats_markdown(payload["timings"])
-
     with gr.Blocks(title="Offline Tour Guide") as page:
         gr.Markdown("# Offline Tour Guide\nDrop a pin on the map (or type coordinates or a Plus Code), pick what "
                     "you care about and how much you want to read.")
@@ -126,8 +144,11 @@ def build_page(guides: Guides) -> gr.Blocks:
                 location = gr.Textbox(label="Where", placeholder="-33.8568, 151.2153 or 46V8+73 Sydney",
                                       elem_id="tg-location", lines=1, max_lines=1)
                 place = gr.Markdown("Click the map, or type coordinates or a Plus Code.", elem_id="tg-place")
+                nearby = gr.Radio([], label=f"Around you: known places within {AROUND_M:.0f} m (choose one to hear "
+                                  "about it)", elem_id="tg-nearby")
                 latitude = gr.Number(visible=False)
                 longitude = gr.Number(visible=False)
+                marks = gr.JSON(visible=False)
                 interests = gr.CheckboxGroup(list(INTERESTS), value=["architecture", "history"], label="Interests",
                                              elem_id="tg-interests")
                 style = gr.Radio(list(STYLES), value="brief", label="Style", elem_id="tg-style")
@@ -141,12 +162,19 @@ def build_page(guides: Guides) -> gr.Blocks:
         stats = gr.Markdown(stats_markdown(None), elem_id="tg-stats")
         gr.Examples(EXAMPLES, [location, interests, style], label="Examples: Sydney landmarks, and Melbourne (unseen)")
 
-        show_pin = "(lat, lon) => { if (window.tgShowPin) window.tgShowPin(lat, lon); }"
+        show_pin = "(lat, lon, marks) => { if (window.tgShowPin) window.tgShowPin(lat, lon, marks); }"
         for event in (location.submit, location.change):
-            event(locate, [location, model], [place, latitude, longitude], show_progress="hidden",
-                  api_visibility="private").then(None, [latitude, longitude], None, js=show_pin)
-        go.click(generate, [location, interests, style, model, temperature, top_p, max_tokens], [description, stats],
-                 api_name="describe", concurrency_limit=1)
+            event(lambda text, label: locate(guides, text, label), [location, model],
+                  [place, latitude, longitude, nearby, marks], show_progress="hidden",
+                  api_visibility="private").then(None, [latitude, longitude, marks], None, js=show_pin)
+        inputs = [location, interests, style, model, nearby, temperature, top_p, max_tokens]
+
+        def describe(location, interests, style, label, poi_id, temperature, top_p, max_tokens):
+            yield from generate(guides, location, interests, style, label, poi_id, temperature, top_p, max_tokens)
+
+        go.click(describe, inputs, [description, stats], api_name="describe", concurrency_limit=1)
+        # Choosing a place around the pin (in the list, or its marker on the map) answers for it.
+        nearby.input(describe, inputs, [description, stats], api_visibility="private", concurrency_limit=1)
     return page
 
 

@@ -1,6 +1,8 @@
 """The tour guide behind the page and the HTTP API: a request (a pin or a Plus Code, interests, a
-style) becomes a place, a prompt for the loaded model, and a streamed description with its
-timings and an honest word on whether the model knows that spot."""
+style, optionally one of the places around it) becomes a place, the known places around it, a
+prompt for the loaded model, and a streamed description with its timings, led by a line saying
+which place it is about and where that is from the pin, or an honest notice that nothing the
+model learnt is near."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.coverage import NEAR_M, Coverage
+from app.coverage import AROUND_M, Coverage, Nearby
 from data.geo import GeoError, Place, check_coordinates, encode, parse
 from data.prompt import TourQuery
 from data.vocab import check_interests, check_style
@@ -62,13 +64,14 @@ class TourRequest:
     place: Place
     interests: tuple[str, ...]
     style: str
+    poi_id: str | None = None  # one of the places around the pin to answer for; None: the nearest
 
     @classmethod
     def parse(cls, body: dict) -> TourRequest:
         """From the API's JSON: coordinates or a Plus Code, interests, style; each problem named."""
         if not isinstance(body, dict):
             raise RequestError("body", "expected a JSON object")
-        unknown = sorted(set(body) - {"latitude", "longitude", "plus_code", "interests", "style"})
+        unknown = sorted(set(body) - {"latitude", "longitude", "plus_code", "interests", "style", "poi_id"})
         if unknown:
             raise RequestError(unknown[0], "unknown field")
         place = parse_place(body)
@@ -88,11 +91,40 @@ class TourRequest:
             check_style(style)
         except ValueError as exc:
             raise RequestError("style", str(exc)) from None
-        return cls(place, tuple(interests), style)
+        poi_id = body.get("poi_id")
+        if poi_id is not None and (not isinstance(poi_id, str) or not poi_id.strip()):
+            raise RequestError("poi_id", "must be the poi_id of a place in `nearby`, e.g. 'sydney-opera-house'")
+        return cls(place, tuple(interests), style, poi_id)
 
     @property
     def query(self) -> TourQuery:
         return TourQuery(self.place.plus_code, self.place.short_code, self.place.locality, self.interests, self.style)
+
+
+def lead_line(chosen: Nearby) -> str:
+    """What the person reads before the model's text: which place it is about, and where that is
+    from where they stand ("Sydney Opera House, about 150 m north-east of you:")."""
+    if chosen.distance_m < 20:  # within a cell or so of the pin: a direction would be noise
+        return f"{chosen.place.name}, right where you are:"
+    return f"{chosen.place.name}, about {round(chosen.distance_m, -1):.0f} m {chosen.direction} of you:"
+
+
+def _how_far(metres: float) -> str:
+    return f"{metres / 1000:.1f} km" if metres >= 1000 else f"{round(metres, -1):.0f} m"
+
+
+def far_notice(nearest: Nearby | None) -> str:
+    where = f" (the nearest is {nearest.place.name}, {_how_far(nearest.distance_m)} away)" if nearest else ""
+    return (f"This model knows no place within {AROUND_M:.0f} m of this spot{where}. The description below "
+            "is not backed by facts it learnt and may be invented.")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request becomes before the model runs: the response's header and the model's query."""
+
+    header: dict
+    query: TourQuery
 
 
 class TourGuide:
@@ -111,50 +143,66 @@ class TourGuide:
         candidate = path.with_name(path.stem + ".coverage.json") if path.suffix else path / "coverage.json"
         return Coverage.load(candidate) if candidate.is_file() else None
 
-    def header(self, place: Place) -> dict:
-        """What the response says about the place: its codes, whether the model knows it, which
-        known place it is answered for, or a notice that nothing it learnt is there."""
+    def _choose(self, around: list[Nearby], poi_id: str | None) -> Nearby | None:
+        """The place to answer for: the one asked for, which must be around the pin, or the nearest."""
+        if poi_id is None:
+            return around[0] if around else None
+        if self.coverage is None:
+            raise RequestError("poi_id", "this model ships no list of known places to choose from")
+        chosen = next((n for n in around if n.place.poi_id == poi_id), None)
+        if chosen is None:
+            known = self.coverage.find(poi_id)
+            why = "is not a place this model knows" if known is None else f"is not within {AROUND_M:.0f} m of this spot"
+            raise RequestError("poi_id", f"{poi_id!r} {why}; choose one of `nearby`")
+        return chosen
+
+    def header(self, place: Place, poi_id: str | None = None) -> dict:
+        """What the response says about the place: its codes, the known places around it, which one
+        it is answered for and the line that says so, or a notice that nothing it learnt is near."""
         header = {"plus_code": place.plus_code, "short_code": place.short_code, "locality": place.locality,
-                  "latitude": place.latitude, "longitude": place.longitude, "coverage": None, "answered_for": None,
-                  "notice": None, "model": self.backend.model, "backend": self.backend.kind}
+                  "latitude": place.latitude, "longitude": place.longitude, "nearby": [], "nearest": None,
+                  "answered_for": None, "lead": None, "notice": None, "model": self.backend.model,
+                  "backend": self.backend.kind}
+        around = self.coverage.around(place) if self.coverage else []
+        chosen = self._choose(around, poi_id)
         if self.coverage is None:
             return header
-        coverage = header["coverage"] = self.coverage.lookup(place)
-        nearest = coverage["nearest"]
-        if coverage["near_known"]:
-            header["answered_for"] = nearest
+        nearest = around[0] if around else self.coverage.nearest(place)
+        header["nearby"] = [n.to_json() for n in around]
+        header["nearest"] = nearest.to_json() if nearest else None
+        if chosen is None:
+            header["notice"] = far_notice(nearest)
         else:
-            where = f" (the nearest is {nearest['name']}, {nearest['distance_m'] / 1000:.1f} km away)" if nearest else ""
-            header["notice"] = (f"This model knows no place within {NEAR_M:.0f} m of this spot{where}. The "
-                                "description below is not backed by facts it learnt and may be invented.")
+            header["answered_for"] = chosen.to_json()
+            header["lead"] = lead_line(chosen)
         return header
 
-    def plan(self, request: TourRequest) -> tuple[dict, TourQuery]:
-        """The response header and the query the model is asked. A pin a few metres from a place
-        the model knows, but in the next 14 m cell, is answered for that place (and says so): the
-        model learnt exact cells, and any other code would only make it guess."""
-        header = self.header(request.place)
-        near = header["answered_for"]
-        if near is None or header["coverage"]["known"]:
-            return header, request.query
-        return header, TourQuery(near["plus_code"], near["short_code"], near["locality"], request.interests,
-                                 request.style)
+    def plan(self, request: TourRequest) -> Plan:
+        """The header and the query. The model is asked about the chosen place's own cell, as it was
+        trained, never the pin's (a cell it never saw would only make it guess); far from every known
+        place it is asked about the pin's cell, under the notice."""
+        header = self.header(request.place, request.poi_id)
+        chosen = header["answered_for"]
+        if chosen is None:
+            return Plan(header, request.query)
+        return Plan(header, TourQuery(chosen["plus_code"], chosen["short_code"], chosen["locality"],
+                                      request.interests, request.style))
 
-    def stream(self, request: TourRequest, options: GenerationOptions | None = None) -> Iterator[tuple[str, dict]]:
+    def stream(self, plan: Plan, options: GenerationOptions | None = None) -> Iterator[tuple[str, dict]]:
         """("place", header), then ("token", {"text"}) per piece, then ("done", full answer)."""
-        header, query = self.plan(request)
-        yield "place", header
+        yield "place", plan.header
         text = []
         stats = None
-        for chunk in self.backend.stream(query, options or self.options):
+        for chunk in self.backend.stream(plan.query, options or self.options):
             if chunk.text:
                 text.append(chunk.text)
                 yield "token", {"text": chunk.text}
             stats = chunk.stats
-        yield "done", {**header, "description": "".join(text).strip(), "timings": stats.to_dict() if stats else None}
+        yield "done", {**plan.header, "description": "".join(text).strip(),
+                       "timings": stats.to_dict() if stats else None}
 
-    def answer(self, request: TourRequest, options: GenerationOptions | None = None) -> dict:
-        for kind, payload in self.stream(request, options):
+    def answer(self, plan: Plan, options: GenerationOptions | None = None) -> dict:
+        for kind, payload in self.stream(plan, options):
             if kind == "done":
                 return payload
         raise RuntimeError("the stream ended without an answer")

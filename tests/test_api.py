@@ -1,5 +1,6 @@
-"""The HTTP API against a live server on 127.0.0.1: answers, streaming, coverage honesty, and a
-422 naming the field for every kind of bad input."""
+"""The HTTP API against a live server on 127.0.0.1: answers, streaming, the known places around a
+pin (answered for the nearest or the one chosen, with distance and direction), honesty far from
+them all, and a 422 naming the field for every kind of bad input."""
 
 import json
 import sys
@@ -60,7 +61,9 @@ def test_answer_for_coordinates(server):
     assert answer["plus_code"] == "4RRH46V8+74" and answer["short_code"] == "46V8+74" and answer["locality"] == "Sydney"
     assert answer["description"] and answer["model"].endswith("micro.gguf")
     assert answer["timings"]["completion_tokens"] > 0 and answer["timings"]["time_to_first_token_s"] > 0
-    assert answer["coverage"]["nearest"]["name"] == "Sydney Opera House" and answer["notice"] is None
+    assert answer["nearby"][0]["name"] == "Sydney Opera House" and answer["nearby"][0]["distance_m"] < 20
+    assert answer["answered_for"]["poi_id"] == "sydney-opera-house" and answer["notice"] is None
+    assert answer["lead"] == "Sydney Opera House, right where you are:"
 
 
 def test_a_plus_code_works_instead_of_coordinates(server):
@@ -78,34 +81,95 @@ def test_stream_is_server_sent_events_ending_with_the_whole_answer(server):
     assert kinds[0] == "place" and kinds[-1] == "done" and kinds.count("token") >= 2
     done = events[-1][1]
     assert "".join(p["text"] for k, p in events if k == "token").strip() == done["description"]
+    assert events[0][1]["lead"] == done["lead"] and events[0][1]["nearby"] == done["nearby"]  # before any token
     _, _, plain = post(server + "/tour-guide", OPERA_HOUSE_CELL)
     assert json.loads(plain)["description"] == done["description"]  # greedy: the same answer both ways
 
 
-def test_a_pin_beside_a_known_place_is_answered_for_that_place(server):
-    """The model learnt exact 14 m cells: a pin in the next cell, metres away, gets the known
-    place's answer and is told which place that is."""
-    from data.geo import encode
+def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    """The point `north_m` north and `east_m` east of (lat, lon), on distance_m's plane."""
+    import math
 
+    return lat + math.degrees(north_m / 6_371_000), lon + math.degrees(east_m / 6_371_000 / math.cos(math.radians(lat)))
+
+
+def ask(server, lat, lon, **extra):
+    status, _, body = post(server + "/tour-guide", {"latitude": lat, "longitude": lon, "interests": ["history"],
+                                                    "style": "brief", **extra})
+    return status, json.loads(body)
+
+
+def test_a_pin_150_m_from_a_known_place_is_answered_for_it_with_distance_and_direction(server):
+    """People stand in front of things: the pin is 150 m south-west of the place, so the place is
+    north-east of them; the model is asked about the place's own cell, as it was trained."""
     known = server.coverage[0]
-    beside = encode(known["latitude"] + 0.0002, known["longitude"])  # ~22 m north
-    assert beside.plus_code != known["plus_code"]
-    status, _, body = post(server + "/tour-guide", {"latitude": beside.latitude, "longitude": beside.longitude,
-                                                    "interests": ["history"], "style": "brief"})
-    answer = json.loads(body)
-    assert status == 200 and answer["plus_code"] == beside.plus_code
-    assert answer["coverage"]["known"] is False and answer["coverage"]["near_known"] is True
-    assert answer["answered_for"]["plus_code"] == known["plus_code"] and answer["notice"] is None
-    _, _, exact = post(server + "/tour-guide", {"plus_code": known["plus_code"], "interests": ["history"], "style": "brief"})
-    assert json.loads(exact)["description"] == answer["description"]
+    lat, lon = offset(known["latitude"], known["longitude"], -106, -106)
+    status, answer = ask(server, lat, lon)
+    assert status == 200 and answer["plus_code"] != known["plus_code"]  # the pin's own cell is reported
+    chosen = answer["answered_for"]
+    assert chosen["poi_id"] == known["poi_id"] and chosen["direction"] == "north-east"
+    assert chosen["distance_m"] == pytest.approx(150, abs=2) and chosen["bearing_deg"] == 45
+    assert answer["lead"] == f"{known['name']}, about 150 m north-east of you:" and answer["notice"] is None
+    assert answer["nearby"][0] == chosen
+    _, exact = ask(server, known["latitude"], known["longitude"])
+    assert exact["answered_for"]["poi_id"] == known["poi_id"] and exact["description"] == answer["description"]
 
 
-def test_far_from_every_known_place_the_answer_says_so(server):
-    status, _, body = post(server + "/tour-guide", {"latitude": 48.8584, "longitude": 2.2945,  # Paris
-                                                    "interests": ["architecture"], "style": "brief"})
-    answer = json.loads(body)
-    assert status == 200 and answer["coverage"]["known"] is False and answer["coverage"]["near_known"] is False
-    assert "knows no place" in answer["notice"] and answer["answered_for"] is None
+def test_nearby_lists_every_known_place_within_500_m_nearest_first(server):
+    from data.geo import distance_m
+
+    lat, lon = -33.8712, 151.2100  # between Hyde Park, its Barracks and the QVB: 230-340 m from each
+    _, answer = ask(server, lat, lon)
+    assert len(answer["nearby"]) >= 2
+    expected = sorted((distance_m(lat, lon, p["latitude"], p["longitude"]), p["poi_id"]) for p in server.coverage)
+    assert [n["poi_id"] for n in answer["nearby"]] == [poi for metres, poi in expected if metres <= 500]
+    assert all(a["distance_m"] <= b["distance_m"] <= 500 for a, b in zip(answer["nearby"], answer["nearby"][1:]))
+
+
+def test_choosing_a_second_nearby_place_answers_for_it(server):
+    from data.geo import distance_m
+
+    pairs = [(a, b) for a in server.coverage for b in server.coverage if a["poi_id"] < b["poi_id"]
+             and distance_m(a["latitude"], a["longitude"], b["latitude"], b["longitude"]) < 900]
+    assert pairs, "the fixture's known places include two within 900 m of each other"
+    a, b = pairs[0]
+    lat, lon = (a["latitude"] * 2 + b["latitude"]) / 3, (a["longitude"] * 2 + b["longitude"]) / 3  # nearer to a
+    _, nearest = ask(server, lat, lon)
+    second = next(n for n in nearest["nearby"] if n["poi_id"] == b["poi_id"])
+    assert nearest["answered_for"]["poi_id"] == a["poi_id"]
+    status, chosen = ask(server, lat, lon, poi_id=b["poi_id"])
+    assert status == 200 and chosen["answered_for"] == second and chosen["nearby"] == nearest["nearby"]
+    assert chosen["lead"].startswith(f"{b['name']}, about ") and chosen["lead"].endswith(f"{second['direction']} of you:")
+    _, exact = ask(server, b["latitude"], b["longitude"])
+    assert chosen["description"] == exact["description"]  # asked about b's own cell
+
+
+def test_far_from_every_known_place_the_answer_says_so_and_names_the_nearest(server):
+    status, answer = ask(server, 48.8584, 2.2945)  # Paris
+    assert status == 200 and answer["nearby"] == [] and answer["answered_for"] is None and answer["lead"] is None
+    assert "knows no place within 500 m" in answer["notice"] and "not backed by facts" in answer["notice"]
+    assert f"the nearest is {answer['nearest']['name']}, " in answer["notice"] and " km away" in answer["notice"]
+    assert answer["description"]  # the model still answers, under the notice
+
+
+def test_the_open_ocean_gets_the_notice(server):
+    status, answer = ask(server, -33.87, 151.40)  # the Tasman Sea, 12 km off Bondi
+    assert status == 200 and answer["nearby"] == [] and answer["answered_for"] is None
+    assert answer["notice"].startswith("This model knows no place within 500 m")
+
+
+@pytest.mark.parametrize("poi_id, message", [
+    ("atlantis", "'atlantis' is not a place this model knows"),
+    ("__far__", "is not within 500 m of this spot"),
+    (7, "must be the poi_id of a place"),
+    ("", "must be the poi_id of a place"),
+])
+def test_a_poi_id_not_around_the_pin_is_a_422(server, poi_id, message):
+    far = max(server.coverage, key=lambda p: p["longitude"])  # the fixture's easternmost place
+    west = min(server.coverage, key=lambda p: p["longitude"])
+    status, error = ask(server, west["latitude"], west["longitude"],
+                        poi_id=far["poi_id"] if poi_id == "__far__" else poi_id)
+    assert status == 422 and error["field"] == "poi_id" and message in error["message"]
 
 
 @pytest.mark.parametrize("body,field", [
