@@ -9,13 +9,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api import create_api
+from app.basemap import OUT as BASEMAP
 from app.page import CSS, HEAD, LIB, WEB, Guides, build_page, theme
 
 SYDNEY = (-33.8688, 151.2093)
 
 
 def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, float] = SYDNEY, zoom: int = 12) -> FastAPI:
-    """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /."""
+    """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /, the map's files under /web."""
     if not (LIB / "leaflet" / "dist" / "leaflet.js").is_file():
         raise FileNotFoundError(f"no Leaflet under {LIB}: run `npm install --prefix app/web` (the set-up command does)")
     guide = guides.get(guides.default)  # the API answers with the default model; load it before serving
@@ -25,12 +26,18 @@ def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, fl
     def coverage() -> dict:
         return {"places": [asdict(p) for p in guide.coverage.places] if guide.coverage else []}
 
+    # The street-zoom basemap the set-up command clipped (python -m app.basemap); without it the page
+    # draws Natural Earth alone.
+    basemap = f"/web/build/{BASEMAP.name}" if BASEMAP.is_file() else None
+
     @app.get("/page-config")
     def page_config() -> dict:
-        return {"center": list(center), "zoom": zoom, "tiles": tiles}
+        return {"center": list(center), "zoom": zoom, "tiles": tiles, "basemap": basemap}
 
     app.mount("/web/lib", StaticFiles(directory=LIB), name="web-lib")
     app.mount("/web/static", StaticFiles(directory=WEB / "static"), name="web-static")
+    if basemap:
+        app.mount("/web/build", StaticFiles(directory=BASEMAP.parent), name="web-build")
     page = build_page(guides)
     page.queue(default_concurrency_limit=1)  # one generation at a time per event: the backends serialize anyway
     return gr.mount_gradio_app(app, page, path="/", theme=theme(), css=CSS, head=HEAD, footer_links=["api"],

