@@ -67,6 +67,15 @@ def map_pixel(page, lat: float, lon: float) -> tuple[int, int, int]:
     return Image.open(io.BytesIO(shot)).convert("RGB").getpixel((2, 2))
 
 
+def known_places() -> list[dict]:
+    """The places the default model knows, as its coverage file lists them."""
+    import json
+
+    from app.__main__ import DEFAULT_MODEL
+
+    return json.loads(DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".coverage.json").read_text())["places"]
+
+
 def near(rgb, expected, tolerance=6) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected))
 
@@ -120,6 +129,11 @@ def test_a_browser_drops_a_pin_beside_a_landmark_and_hears_about_what_is_around(
         assert re.match(r"Sydney Cove, about 1[89]0 m south-west of you:\n", text)
         assert len(text.split()) > 20 and "4RRH46R7+VH" in page.locator("#tg-place").inner_text()
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        # ... and so does its marker on the map.
+        house = next(n for n in known_places() if n["poi_id"] == "government-house-sydney")
+        click_map_at(page, house["latitude"], house["longitude"], zoom=16)
+        wait_for_answer(page, "Government House Sydney, about 2")
+        assert "4RRH46R7+VH" in page.locator("#tg-place").inner_text()  # the pin stayed where it was
 
         # Street zoom over the harbour: the water is drawn as water, the land beside it as land.
         page.evaluate("([lat, lon]) => window.tgMap().setView([lat, lon], 15, {animate: false})", list(HARBOUR))
