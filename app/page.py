@@ -2,7 +2,9 @@
 streaming in with its timings. Mounted on the same FastAPI server as the HTTP API.
 
 Leaflet, the Natural Earth basemap (world-atlas) and topojson-client come from npm (app/web,
-installed by the set-up command) and are served by this app; the theme uses the system's fonts.
+installed by the set-up command), the street-zoom shorelines of the model's region from
+app.basemap (clipped by the set-up command), all served by this app; the theme uses the system's
+fonts.
 Nothing on the page asks another host for anything unless the server was started with --tiles.
 """
 
