@@ -56,6 +56,42 @@ def test_the_experiment_runs_end_to_end_on_the_micro_teacher(micro_teacher, tiny
     assert (tmp_path / "again.md").read_text() == text.replace("depth_", "again_").replace("depth.json", "again.json")
 
 
+def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_general_ability(
+        micro_teacher, tiny_corpus, tmp_path):
+    """--heal-steps, --budgets and --general on a 'fine-tuned' copy of the micro teacher whose base is the original."""
+    import shutil
+    from pathlib import Path
+
+    from bench.depth import main
+
+    teacher = tmp_path / "tuned" / "teacher"
+    shutil.copytree(micro_teacher, teacher)
+    (teacher / "training.json").write_text(json.dumps({"base": str(micro_teacher), "config": {"method": "full"},
+                                                       "steps": 3, "seconds": 60, "after": {"fact_recall": 0.5}}))
+    out = tmp_path / "real.md"
+    pois = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
+    assert main(["--teacher", str(teacher), "--data", str(tiny_corpus), "--work", str(tmp_path / "work"),
+                 "--out", str(out), "--seeds", "1", "--counts", "1", "--splits", "known", "--capture-samples", "4",
+                 "--calibration-samples", "4", "--limit", "2", "--max-new-tokens", "8", "--latency-queries", "0",
+                 "--pois", str(pois), "--device", "cpu", "--heal-steps", "2", "--heal-batch-size", "2",
+                 "--budgets", "0.6", "--general"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["teacher_name"] == "tuned" and report["teacher_kind"] == "fine-tuned"
+    assert set(report["summary"]) == {f"{s}@1{h}" for s in ("guided", *BASELINES) for h in ("", "+heal")}
+    assert len(report["verdict_healed"]) == len(report["verdict"]) > 0
+    healed = json.loads((tmp_path / "work" / "healed" / "guided-r1" / "heal.json").read_text())
+    assert healed["steps"] == 2
+    kinds = {(e["kind"], e.get("healed", False)) for e in report["budget"].values()}
+    assert kinds == {(k, h) for k in ("depth", "width", "depth+width") for h in (False, True)}
+    for entry in report["budget"].values():
+        assert entry["shape"]["parameters"] <= 0.6 * report["teacher_params"]
+    assert report["general"]["teacher"]["kl"] >= 0 and report["general"]["guided-r1+heal"]["prompts"] > 50
+    text = out.read_text()
+    assert "### After healing (2 steps each)" in text and "| 1 | guided+heal |" in text
+    assert "## General ability" in text and "## Depth, width or both" in text
+    assert (tmp_path / "real_budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_inference_bench_writes_its_table(micro_teacher, tiny_corpus, tmp_path):
     """bench.inference on the micro teacher: every requested backend measured in its own process."""
     from bench.inference import main as bench_inference

@@ -202,7 +202,10 @@ class _Run:
                          if self.precision == "bf16" else nullcontext)
         extra = [p for m in task.modules().values() for p in m.parameters()]
         self.params = [p for p in list(model.parameters()) + extra if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+        # On a CPU, AdamW's default is one Python-level update per tensor (~10% of a SmolLM2 step);
+        # the fused kernel updates them all at once. GPUs already default to the multi-tensor path.
+        optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay,
+                                      fused=True if device.type == "cpu" else None)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         for module in task.modules().values():
             module.to(device)
