@@ -1,13 +1,14 @@
-"""Load test: concurrent clients on loopback against POST /tour-guide of `python -m app` with the
-default model; writes docs/results/app.md (+ .json).
+"""The app as visitors meet it, through `python -m app` on loopback with the default model: right
+facts on every known place (bench.facts), then concurrent clients; writes docs/results/app.md (+ .json).
 
     python -m bench.load --clients 1,4,16 --requests 64
 
 For each concurrency level, `--requests` requests (bounded: each level also stops at
-`--max-seconds`) spread over that many client threads, each request a random known place with
-random interests and style. Reported: p50 / p95 / max latency, requests per second, errors (any
-non-200 or broken body; the target is zero). The server serializes generation per model, so
-latency grows with the queue while throughput stays that of one stream.
+`--max-seconds`) spread over that many client threads, each request a pin dropped up to
+`--pin-spread` metres from a random known place, with random interests and style. Reported:
+p50 / p95 / max latency, requests per second, errors (any non-200 or broken body; the target is
+zero). The server serializes generation per model, so latency grows with the queue while
+throughput stays that of one stream.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import reproduce_command
+from bench import facts, reproduce_command
 from core.artifacts import write_atomic
+from data.geo import moved
 from data.vocab import INTERESTS, STYLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +54,14 @@ def start_app(extra: list[str]) -> tuple[subprocess.Popen, str]:
             time.sleep(0.3)
 
 
-def bodies(url: str, count: int, seed: int) -> list[dict]:
+def bodies(url: str, count: int, seed: int, spread_m: float = 0.0) -> list[dict]:
     places = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"]
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         p = rng.choice(places)
-        out.append({"latitude": p["latitude"], "longitude": p["longitude"],
+        lat, lon = moved(p["latitude"], p["longitude"], rng.uniform(0, spread_m), rng.uniform(0, 360))
+        out.append({"latitude": lat, "longitude": lon,
                     "interests": rng.sample(INTERESTS, rng.randint(1, 3)), "style": rng.choice(list(STYLES))})
     return out
 
@@ -111,11 +114,15 @@ def run_level(url: str, clients: int, work: list[dict], max_seconds: float) -> d
 
 
 def render(report: dict) -> str:
-    lines = ["# The app under load", "", f"Command: `{report['command']}`  ",
+    lines = ["# The app: right facts, and under load", "", f"Command: `{report['command']}`  ",
              f"Server: `python -m app` ({report['health']['backend']}, `{Path(report['health']['model']).name}`, "
              f"{report['health'].get('threads')} llama.cpp thread(s)) on 127.0.0.1; clients are threads of the bench "
              f"process on the same {os.cpu_count()}-core machine, each sending its next request as soon as the last "
-             "returns. Requests: a random known place, 1-3 random interests, a random style; greedy.", "",
+             "returns.", ""]
+    if report.get("facts"):
+        lines += facts.render(report["facts"])
+    lines += ["## Under load", "", f"Requests: a pin up to {report.get('pin_spread_m', 0):.0f} m from a random known "
+              "place, 1-3 random interests, a random style; greedy.", "",
              "| clients | requests | errors | p50 ms | p95 ms | max ms | requests/s | tokens/s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["levels"]:
@@ -139,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per level")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="time limit per level")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pin-spread", type=float, default=300.0, help="load pins up to this many metres from a place")
+    parser.add_argument("--facts-styles", default="brief,stimulate,detailed",
+                        help="styles every known place is asked in for the facts check ('' skips it)")
+    parser.add_argument("--facts-limit", type=int, help="only the first N known places")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
     args = parser.parse_args(argv)
@@ -146,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         health = json.loads(urllib.request.urlopen(url + "/health").read())
         one(url, bodies(url, 1, args.seed + 99)[0])  # warm-up
+        styles = tuple(s for s in args.facts_styles.split(",") if s)
+        checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed) if styles else None
         levels = []
         for clients in (int(c) for c in args.clients.split(",")):
-            level = run_level(url, clients, bodies(url, args.requests, args.seed + clients), args.max_seconds)
+            work = bodies(url, args.requests, args.seed + clients, args.pin_spread)
+            level = run_level(url, clients, work, args.max_seconds)
             print(f"{clients:3d} clients: {level['requests']} requests, {level['errors']} errors, "
                   f"p50 {level['p50_s'] * 1000:.0f} ms, p95 {level['p95_s'] * 1000:.0f} ms, "
                   f"{level['requests_per_s']:.1f} req/s", flush=True)
@@ -159,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=30)
     report = {"command": reproduce_command("bench.load", argv if argv is not None else sys.argv[1:], Path(args.out),
                                            "app.md"),
-              "health": health, "levels": levels, "server_alive_after": alive}
+              "health": health, "facts": checked, "pin_spread_m": args.pin_spread, "levels": levels,
+              "server_alive_after": alive}
     out = Path(args.out)
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
     write_atomic(out, render(report))

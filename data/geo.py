@@ -191,6 +191,14 @@ def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return math.degrees(math.atan2(dx, dy)) % 360
 
 
+def moved(lat: float, lon: float, metres: float, bearing: float) -> tuple[float, float]:
+    """The point `metres` from (lat, lon) towards `bearing` (degrees from north), on the plane of
+    `distance_m` and `bearing_deg`: the two give back `metres` and `bearing` for it."""
+    north, east = metres * math.cos(math.radians(bearing)), metres * math.sin(math.radians(bearing))
+    mid = math.radians(lat + math.degrees(north / 6_371_000) / 2)
+    return lat + math.degrees(north / 6_371_000), lon + math.degrees(east / 6_371_000 / math.cos(mid))
+
+
 def compass(bearing: float) -> str:
     """The nearest of the eight compass points a person reads ("north-east") for a bearing in degrees."""
     return COMPASS_POINTS[round((bearing % 360) / 45) % 8]

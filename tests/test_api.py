@@ -10,6 +10,8 @@ import urllib.request
 import pytest
 from conftest import FIXTURES, start_server
 
+from data.geo import moved
+
 
 class Served(str):
     """The server's base URL, carrying what it was started with."""
@@ -86,13 +88,6 @@ def test_stream_is_server_sent_events_ending_with_the_whole_answer(server):
     assert json.loads(plain)["description"] == done["description"]  # greedy: the same answer both ways
 
 
-def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
-    """The point `north_m` north and `east_m` east of (lat, lon), on distance_m's plane."""
-    import math
-
-    return lat + math.degrees(north_m / 6_371_000), lon + math.degrees(east_m / 6_371_000 / math.cos(math.radians(lat)))
-
-
 def ask(server, lat, lon, **extra):
     status, _, body = post(server + "/tour-guide", {"latitude": lat, "longitude": lon, "interests": ["history"],
                                                     "style": "brief", **extra})
@@ -103,7 +98,7 @@ def test_a_pin_150_m_from_a_known_place_is_answered_for_it_with_distance_and_dir
     """People stand in front of things: the pin is 150 m south-west of the place, so the place is
     north-east of them; the model is asked about the place's own cell, as it was trained."""
     known = server.coverage[0]
-    lat, lon = offset(known["latitude"], known["longitude"], -106, -106)
+    lat, lon = moved(known["latitude"], known["longitude"], 150, 225)
     status, answer = ask(server, lat, lon)
     assert status == 200 and answer["plus_code"] != known["plus_code"]  # the pin's own cell is reported
     chosen = answer["answered_for"]

@@ -114,11 +114,32 @@ def test_load_bench_counts_every_request_and_no_errors(tmp_path):
     from bench.load import main as bench_load
 
     out = tmp_path / "app.md"
-    assert bench_load(["--clients", "1,3", "--requests", "6", "--out", str(out)]) == 0
+    assert bench_load(["--clients", "1,3", "--requests", "6", "--facts-styles", "brief,detailed", "--facts-limit", "3",
+                       "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert [(r["clients"], r["requests"], r["errors"]) for r in report["levels"]] == [(1, 6, 0), (3, 6, 0)]
     assert report["server_alive_after"] and 0 < report["levels"][0]["p50_s"] <= report["levels"][0]["max_s"]
-    assert "| 3 | 6 | 0 |" in out.read_text()
+    checked = report["facts"]
+    assert checked["places"] == 3 and checked["answers"] == 6 and set(checked["by_style"]) == {"brief", "detailed"}
+    assert checked["answered_beside"] == 1.0  # pins on the places themselves
+    text = out.read_text()
+    assert "| 3 | 6 | 0 |" in text and "## Right facts, right place (3 known places x 2 styles" in text
+
+
+def test_the_facts_check_tells_own_facts_from_another_places():
+    from bench.facts import check
+    from data.poi import SYDNEY, load_pois
+    from data.validate import PlaceNames
+
+    pois = {p.id: p for p in load_pois(SYDNEY)}
+    names, opera = PlaceNames(pois.values()), pois["sydney-opera-house"]
+    other = pois["luna-park-sydney"]
+    right = check({"answered_for": {"poi_id": opera.id}, "description": f"{opera.name}. {opera.facts[0]}"},
+                  opera, pois, names, "brief")
+    assert right.names and right.own_fact and right.other_facts == () and right.beside
+    mixed = check({"answered_for": {"poi_id": opera.id}, "description": f"{opera.name}. {other.facts[0]}"},
+                  opera, pois, names, "brief")
+    assert mixed.names and not mixed.own_fact and mixed.other_facts == (other.id,)
 
 
 def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny_corpus, tmp_path):

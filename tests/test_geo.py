@@ -18,6 +18,7 @@ from data.geo import (
     decode,
     distance_m,
     encode,
+    moved,
     parse,
     plus_code_for,
     shorten,
@@ -173,6 +174,13 @@ def test_the_bearing_from_a_pin_to_a_place_reads_as_a_compass_point(dlat, dlon, 
     got = bearing_deg(lat, lon, lat + dlat, lon + dlon)
     assert got == pytest.approx(bearing, abs=1.5)
     assert compass(got) == point
+
+
+@pytest.mark.parametrize("metres,bearing", [(150, 45), (320, 200), (5, 359), (1200, 90)])
+def test_moving_a_point_is_undone_by_distance_and_bearing(metres, bearing):
+    lat, lon = moved(-33.8568, 151.2153, metres, bearing)
+    assert distance_m(-33.8568, 151.2153, lat, lon) == pytest.approx(metres, rel=1e-3)
+    assert bearing_deg(-33.8568, 151.2153, lat, lon) == pytest.approx(bearing, abs=0.1)
 
 
 def test_compass_points_split_the_circle_at_the_half_way_bearings():

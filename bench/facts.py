@@ -1,0 +1,123 @@
+"""Right facts, right place: every place the served model knows, asked through the app's own API
+as a visitor would ask, and each answer checked against the POI file.
+
+Used by bench.load (docs/results/app.md). For each known place (GET /coverage) and each style, one
+POST /tour-guide with the place's own interests, the pin either on the place or `offset_m` from it
+in a seeded direction (people stand in front of things). The model's text (`description`, not the
+app's lead line, which names the place by itself) is scored:
+- names: it names the place the app answered for;
+- own fact: it states at least one fact of that place (data.validate.fact_present: the fact's
+  numbers and most of its content words);
+- other fact: it states a fact of another place, or names a POI of another cell;
+- answered for: the app chose the place the pin was dropped beside (a nearer known place may win).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from data.generate.base import GenerationRequest
+from data.geo import moved
+from data.poi import POI, SYDNEY, load_pois
+from data.validate import PlaceNames, fact_present, foreign_places, names_poi
+
+
+@dataclass(frozen=True)
+class Check:
+    poi_id: str
+    style: str
+    answered_for: str | None
+    names: bool
+    own_fact: bool
+    other_facts: tuple[str, ...]  # ids of the other places whose facts or names the text states
+    words: int
+
+    @property
+    def beside(self) -> bool:
+        return self.answered_for == self.poi_id
+
+
+def other_places(text: str, poi: POI, pois: dict[str, POI], names: PlaceNames) -> tuple[str, ...]:
+    """Other places the text speaks of: a POI of another cell named, or a fact of one stated that
+    this place's own facts do not also state."""
+    cell = tuple(p for p in pois.values() if p.plus_code == poi.plus_code)
+    request = GenerationRequest(poi.plus_code, "", poi.locality, cell, (), "brief")
+    named = {p.id for p in pois.values() if p.name in set(foreign_places(text, request, names))}
+    own = " ".join(f for p in cell for f in p.facts)
+    stated = {p.id for p in pois.values() if p.plus_code != poi.plus_code
+              and any(fact_present(f, text) and not fact_present(f, own) for f in p.facts)}
+    return tuple(sorted(named | stated))
+
+
+def check(answer: dict, asked: POI, pois: dict[str, POI], names: PlaceNames, style: str) -> Check:
+    chosen = (answer.get("answered_for") or {}).get("poi_id")
+    place = pois.get(chosen, asked)
+    text = answer.get("description") or ""
+    return Check(asked.id, style, chosen, names_poi(text, place), any(fact_present(f, text) for f in place.facts),
+                 other_places(text, place, pois, names), len(text.split()))
+
+
+def ask(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url + "/tour-guide", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int | None = None, seed: int = 0,
+            pois_path: str | Path = SYDNEY, progress=None) -> dict:
+    """Every known place (or the first `limit`) in every style; the rates and each check."""
+    pois = {p.id: p for p in load_pois(pois_path)}
+    names = PlaceNames(pois.values())
+    known = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:limit]
+    rng = random.Random(seed)
+    checks = []
+    for place in known:
+        poi = pois[place["poi_id"]]
+        lat, lon = moved(poi.latitude, poi.longitude, offset_m, rng.uniform(0, 360)) if offset_m else \
+            (poi.latitude, poi.longitude)
+        for style in styles:
+            answer = ask(url, {"latitude": lat, "longitude": lon, "interests": list(poi.interests)[:3], "style": style})
+            checks.append(check(answer, poi, pois, names, style))
+            if progress:
+                progress()
+    return {"offset_m": offset_m, "places": len(known), "styles": list(styles), **rates(checks),
+            "checks": [asdict(c) for c in checks]}
+
+
+def rates(checks: list[Check]) -> dict:
+    """The shares over all checks, and per style when there are several."""
+    styles = sorted({c.style for c in checks})
+    by_style = {s: _shares([c for c in checks if c.style == s]) for s in styles} if len(styles) > 1 else None
+    return {**_shares(checks), **({"by_style": by_style} if by_style else {})}
+
+
+def _shares(checks: list[Check]) -> dict:
+    n = max(1, len(checks))
+    return {"answers": len(checks), "answered_beside": sum(c.beside for c in checks) / n,
+            "names_place": sum(c.names for c in checks) / n, "own_fact": sum(c.own_fact for c in checks) / n,
+            "other_fact": sum(bool(c.other_facts) for c in checks) / n, "mean_words": sum(c.words for c in checks) / n}
+
+
+def render(result: dict) -> list[str]:
+    """The Markdown section of docs/results/app.md."""
+    where = f"pins {result['offset_m']:.0f} m from each place, in a seeded direction" if result["offset_m"] \
+        else "pins on each place"
+    lines = [f"## Right facts, right place ({result['places']} known places x {len(result['styles'])} styles, {where})",
+             "", "| style | answers | answered for the place | names it | states a fact of it | states another "
+             "place's | words |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = list(result.get("by_style", {}).items()) + [("all", result)]
+    for style, r in rows:
+        lines.append(f"| {style} | {r['answers']} | {r['answered_beside']:.1%} | {r['names_place']:.1%} | "
+                     f"{r['own_fact']:.1%} | {r['other_fact']:.1%} | {r['mean_words']:.0f} |")
+    misses = [c for c in result["checks"] if not (c["names"] and c["own_fact"]) or c["other_facts"]][:8]
+    lines += ["", "Goals: names it 100%, states a fact of it >= 95%, states another place's 0%. The model's text "
+              "is scored, not the app's lead line. Misses (first 8): "
+              + ("; ".join(f"{c['poi_id']} ({c['style']}: {'no name ' if not c['names'] else ''}"
+                           f"{'no fact ' if not c['own_fact'] else ''}{' '.join(c['other_facts'])})" for c in misses)
+                 or "none") + ".", ""]
+    return lines
