@@ -40,6 +40,26 @@ def test_a_short_fine_tune_learns_and_reports(tiny_llama_dir, tiny_corpus, tmp_p
     assert again == json.loads((out / TRAINING_FILE).read_text())  # finished: returned, not redone
 
 
+def test_an_interrupted_fine_tune_keeps_the_base_scores_and_resumes_without_measuring_them_again(
+        tiny_llama_dir, tiny_corpus, tmp_path, monkeypatch):
+    import train.finetune as ft
+
+    out, real_train = tmp_path / "run", ft.train
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies once the base is measured
+    monkeypatch.setattr(ft, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(tiny_llama_dir), tiny_corpus, out, short(), FIXTURE_POIS, progress=False)
+    assert (out / ft.BEFORE_FILE).is_file()
+    calls, measure = [], ft._measure
+    monkeypatch.setattr(ft, "train", real_train)
+    monkeypatch.setattr(ft, "_measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    report = finetune(str(tiny_llama_dir), tiny_corpus, out, short(), FIXTURE_POIS, progress=False)
+    assert len(calls) == 1 and report["before"]["samples"] > 0  # only the tuned model was measured this time
+    assert not (out / ft.BEFORE_FILE).exists()  # folded into the report
+
+
 def test_the_general_prompts_are_ours_and_many():
     prompts = general_prompts()
     assert len(prompts) >= 50 and all(p[0]["role"] == "user" for p in prompts)

@@ -39,6 +39,7 @@ from train.loop import PRECISIONS, LoopConfig, discard_checkpoint, finished_repo
 from train.proxy import ProxyTask, mean_loss
 
 METHODS = ("full", "lora")
+BEFORE_FILE = "before.json"  # the base's scores while a run is unfinished
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     per_epoch = math.ceil(len(examples) / config.batch_size)
     steps = min(math.ceil(config.epochs * per_epoch), config.max_steps or math.inf)
     known, scorer = rows[:: max(1, len(rows) // config.recall_samples)][: config.recall_samples], Scorer(pois)
-    before = _measure(model, tokenizer, known, val, scorer, config)
+    before = _measured_before(out_dir, key, lambda: _measure(model, tokenizer, known, val, scorer, config))
     loop = loop_config(config, steps, per_epoch, progress)
     trained = with_lora(model, config.lora_rank, config.lora_alpha) if config.method == "lora" else model
     trained.train()
@@ -139,7 +140,20 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     save_model_dir(model, tokenizer, out_dir)
     write_json(out_dir / TRAINING_FILE, report)
     discard_checkpoint(out_dir, loop)
+    (out_dir / BEFORE_FILE).unlink(missing_ok=True)  # in the report now
     return report
+
+
+def _measured_before(out_dir: Path, key: str, measure) -> dict:
+    """The base's scores, measured once per run key: a resumed run does not answer the prompts again."""
+    path = out_dir / BEFORE_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["before"]
+    before = measure()
+    write_json(path, {"key": key, "before": before})
+    return before
 
 
 def _measure(model, tokenizer, known: list[dict], val, scorer: Scorer, config: FinetuneConfig) -> dict:
