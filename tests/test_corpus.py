@@ -10,7 +10,7 @@ import pytest
 
 from data.build import BuildConfig, build
 from data.generate.base import GenerationRequest
-from data.generate.template import ranked_facts, write
+from data.generate.template import notable_fact, ranked_facts, write
 from data.geo import plus_code_for
 from data.poi import POI, load_pois
 from data.sampling import (
@@ -152,6 +152,19 @@ def test_template_is_deterministic_and_leads_with_facts_for_the_interests(pois):
     assert ranked_facts(opera, ["history"])[0] == "Opened in 1973."
     cell = cells_from_pois([opera])[0]
     assert write(request_for(cell, "stimulate", seed=1)) == write(request_for(cell, "stimulate", seed=1))
+
+
+def test_short_answers_state_the_most_notable_fact_whatever_the_interests(pois):
+    """A year or a maker before anything else: the view lover at the Opera House still hears of Utzon."""
+    opera = next(p for p in pois if p.id == "sydney-opera-house")
+    assert notable_fact(opera, ["views"]) == "Designed by the Danish architect Jørn Utzon."
+    assert notable_fact(opera, ["history"]) == "Opened in 1973."  # the interests choose among the notable
+    cell = cells_from_pois([opera])[0]
+    for style in ("brief", "stimulate"):
+        text = write(request_for(cell, style, ("views",), seed=3))
+        assert "Jørn Utzon" in text, text
+    plain = make_poi("plain", "Plain Lawn", -33.9, 151.1, ["A lawn by the water.", "Good for picnics."], ("nature",))
+    assert notable_fact(plain, ["nature"]) == "A lawn by the water."  # nothing dated: what it is
 
 
 def test_stimulate_ends_with_a_question_or_a_suggestion(cells):

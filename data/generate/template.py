@@ -3,6 +3,9 @@
 Deterministic for a request (its seed picks the wording), so the corpus is reproducible and the
 proxy teacher learns the dataset's facts and not a writer model's embellishments. Interests
 decide which facts come first: a history lover hears the dates, an architecture lover the design.
+Whatever the interests, the short styles state the place's most notable fact (a year, who designed
+or built it, or what it is): a visitor who asked about the view still hears when the Opera House
+was designed and by whom.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from data.generate.base import (
 from data.poi import POI
 from data.vocab import STYLES, interests_in
 
-VERSION = "template-v1"
+VERSION = "template-v2"
 
 _OPENERS = (
     "Your pin is on {name}, in {locality}.",
@@ -74,9 +77,23 @@ def _score(fact: str, interests: Iterable[str]) -> int:
 
 def ranked_facts(poi: POI, interests: Iterable[str]) -> list[str]:
     """The POI's facts, those matching the requested interests first, else dataset order."""
+    return ranked_facts_of(list(poi.facts), interests)
+
+
+_MAKERS = re.compile(r"\b(designed|architect|built|builders?|engineer|founded|commissioned)\b", re.IGNORECASE)
+
+
+def notable_fact(poi: POI, interests: Iterable[str]) -> str:
+    """The fact a short answer must not leave out: one that dates the place or names its maker,
+    the interests choosing among those; without any, what the place is (the dataset's first fact)."""
+    marked = [f for f in poi.facts if _earliest_year([f]) or _MAKERS.search(f)]
+    return ranked_facts_of(marked, interests)[0] if marked else poi.facts[0]
+
+
+def ranked_facts_of(facts: list[str], interests: Iterable[str]) -> list[str]:
     interests = list(interests)
-    order = sorted(range(len(poi.facts)), key=lambda k: (-_score(poi.facts[k], interests), k))
-    return [poi.facts[k] for k in order]
+    order = sorted(range(len(facts)), key=lambda k: (-_score(facts[k], interests), k))
+    return [facts[k] for k in order]
 
 
 def _sentence(fact: str) -> str:
@@ -99,9 +116,12 @@ def write(request: GenerationRequest) -> str:
         raise GenerationError(f"unknown style {request.style!r}")
     rng = random.Random(request.seed)
     main = request.pois[0]
-    facts = ranked_facts(main, request.interests)
+    notable = notable_fact(main, request.interests)
+    facts = [notable, *(f for f in ranked_facts(main, request.interests) if f != notable)]
     matching = [i for i in request.interests if i in main.interests] or list(main.interests)
-    values = {"name": main.name, "locality": main.locality, "interests": _join_words(list(request.interests))}
+    # "Bondi Beach in Bondi Beach" says nothing: a place named after its suburb is placed in the city.
+    locality = request.locality if main.locality.lower() in main.name.lower() else main.locality
+    values = {"name": main.name, "locality": locality, "interests": _join_words(list(request.interests))}
     opener = rng.choice(_OPENERS).format(**values)
     others = [p.name for p in request.pois[1:]]
 
