@@ -114,6 +114,18 @@ def load_sources(paths: tuple[Path, ...]) -> list[POI]:
     return pois
 
 
+def source_hashes(config: BuildConfig) -> dict[str, dict[str, str]]:
+    """The contents a corpus is made from besides its config: the POI files, and the writer's
+    prompts and template code (a reworded template is a different corpus)."""
+    return {
+        "inputs": {_display_path(p): sha256_file(p) for p in config.poi_files()},
+        "prompt_templates": {
+            str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
+            for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
+        },
+    }
+
+
 def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     """Build the corpus into `out`; returns the summary that is also stored in snapshot.json."""
     pois = load_sources(config.poi_files())
@@ -177,11 +189,7 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     }
     snapshot = {
         **summary,
-        "inputs": {_display_path(p): sha256_file(p) for p in config.poi_files()},
-        "prompt_templates": {
-            str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
-            for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
-        },
+        **source_hashes(config),
         "outputs": {f"{s}.jsonl": sha256_file(out / f"{s}.jsonl") for s in SPLITS},
         "config": {
             "backend": config.backend,

@@ -82,6 +82,23 @@ def test_a_changed_setting_reruns_its_stage_and_what_follows_only(micro_run, tmp
     assert stage_lines(capsys)["width"].startswith("done")
 
 
+def test_the_corpus_is_rebuilt_when_its_places_change_though_the_config_does_not(tmp_path):
+    """The data stage reads no earlier stage: its POI files' and writer templates' contents key it."""
+    from compress.pipeline.config import load_config
+    from compress.pipeline.manifest import Run
+    from compress.pipeline.stages import STAGES as STAGE_LIST
+
+    pois = tmp_path / "pois.jsonl"
+    pois.write_text((ROOT / "tests" / "fixtures" / "pois_small.jsonl").read_text())
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO.read_text().replace("[data]", f"[data]\npois = ['{pois}']", 1))
+    data = next(s for s in STAGE_LIST if s.name == "data")
+    run = Run(load_config(config), tmp_path / "runs", touch=False)
+    before = run.fingerprint(data)
+    pois.write_text(pois.read_text().replace("Opened in 1973.", "Opened in 1974."))
+    assert run.fingerprint(data) != before
+
+
 def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(micro_run, runs)

@@ -91,7 +91,10 @@ class Run:
     def fingerprint(self, stage) -> str:
         """A stage's key: its settings and the digests of the stages it reads (`stage.reads`)."""
         inputs = {s: self.record(s).get("digest") for s in stage.reads}
-        return fingerprint({"stage": stage.name, "config": self.config.settings(stage.section), "inputs": inputs})
+        key = {"stage": stage.name, "config": self.config.settings(stage.section), "inputs": inputs}
+        if stage.sources is not None:
+            key["sources"] = stage.sources(self.config)
+        return fingerprint(key)
 
     def is_current(self, stage) -> bool:
         """Done with this fingerprint, and its outputs are what was recorded."""

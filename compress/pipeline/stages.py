@@ -18,7 +18,7 @@ from compress.depth import kept_layers, prune_depth
 from compress.evaluate import Evaluation, evaluate, write_report
 from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
-from compress.pipeline.config import PipelineError
+from compress.pipeline.config import PipelineConfig, PipelineError
 from compress.pipeline.manifest import Run
 from compress.width import prune_to_width, width_scores
 from core.artifacts import (
@@ -34,7 +34,7 @@ from core.artifacts import (
     WIDTH_PLAN_FILE,
     write_json,
 )
-from data.build import build
+from data.build import build, source_hashes
 from data.corpus import read_split
 from data.sampling import SPLITS
 from export.gguf import export_gguf
@@ -54,6 +54,8 @@ class Stage:
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads: their digests are in its fingerprint
     section: str | None = None  # the config section that sets it
     outputs: tuple[str, ...] = ()  # files every finished run of it leaves in its folder
+    # Contents outside the run it is made from (a stage that reads no earlier stage): in its fingerprint.
+    sources: Callable[[PipelineConfig], dict] | None = None
 
 
 # ---------------------------------------------------------------- where things are
@@ -235,7 +237,8 @@ def _first_answer(artifact: Path, messages: list[dict], options, expected: str) 
 
 
 STAGES = (
-    Stage("data", stage_data, section="data", outputs=tuple(f"{s}.jsonl" for s in SPLITS) + ("snapshot.json",)),
+    Stage("data", stage_data, section="data", outputs=tuple(f"{s}.jsonl" for s in SPLITS) + ("snapshot.json",),
+          sources=lambda config: source_hashes(config.data)),
     Stage("teacher", stage_teacher, reads=("data",), section="teacher"),  # a hub teacher leaves no files
     Stage("capture", stage_capture, reads=("data", "teacher"), section="capture", outputs=(CAPTURE_FILE,)),
     Stage("analyze", stage_analyze, reads=("capture",), section="analyze", outputs=(ANALYSIS_FILE, IMPORTANCE_FILE)),
