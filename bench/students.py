@@ -49,7 +49,10 @@ def general_scores(models: dict[str, str], base: str, load: LoadOptions, work: P
     base_key = model_fingerprint(base)
     if cache.get("base") != base_key:
         cache = {"base": base_key, "models": {}}
-    reference, tokenizer = load_model(base, load)
+    todo = {name for name, model_path in models.items()
+            if cache["models"].get(name, {}).get("fingerprint") != model_fingerprint(model_path)}
+    if todo or "rows" not in cache:  # everything cached: the base need not be loaded
+        reference, tokenizer = load_model(base, load)
     if "rows" not in cache:
         cache["rows"] = general_rows(reference, tokenizer)
         write_json(path, cache)
@@ -57,7 +60,7 @@ def general_scores(models: dict[str, str], base: str, load: LoadOptions, work: P
     for name, model_path in models.items():
         key = model_fingerprint(model_path)
         done = cache["models"].get(name)
-        if not done or done["fingerprint"] != key:
+        if name in todo:
             model, _ = load_model(model_path, load)
             done = {"fingerprint": key, **general_kl(model, reference, tokenizer, cache["rows"])}
             cache["models"][name] = done

@@ -7,12 +7,19 @@ import torch.nn.functional as F
 from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss, scored_from
 
 
-def test_answer_ce_is_bit_for_bit_the_loss_transformers_computes():
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def tiny_lm(family: str):
+    """A one-layer random causal LM of 40 tokens, Qwen3 or Llama."""
+    import transformers
 
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    config = getattr(transformers, f"{family}Config")(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                      num_hidden_layers=1, num_attention_heads=2,
+                                                      num_key_value_heads=1, head_dim=8)
+    return getattr(transformers, f"{family}ForCausalLM")(config)
+
+
+def test_answer_ce_is_bit_for_bit_the_loss_transformers_computes():
+    model = tiny_lm("Qwen3")
     ids = torch.randint(0, 40, (2, 7))
     labels = ids.clone()
     labels[:, :3] = -100  # the prompt
@@ -21,13 +28,9 @@ def test_answer_ce_is_bit_for_bit_the_loss_transformers_computes():
 
 
 def test_the_training_loss_skips_prompt_logits_and_is_the_loss_over_all_of_them():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from train.loop import Task
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    model = tiny_lm("Llama")
     ids = torch.randint(0, 40, (2, 9))
     labels = ids.clone()
     labels[0, :5], labels[1, :4] = -100, -100  # prompts of 5 and 4 tokens: logits kept from position 3
