@@ -49,8 +49,8 @@ def general_scores(models: dict[str, str], base: str, load: LoadOptions, work: P
     base_key = model_fingerprint(base)
     if cache.get("base") != base_key:
         cache = {"base": base_key, "models": {}}
-    todo = {name for name, model_path in models.items()
-            if cache["models"].get(name, {}).get("fingerprint") != model_fingerprint(model_path)}
+    keys = {name: model_fingerprint(model_path) for name, model_path in models.items()}
+    todo = {name for name, key in keys.items() if cache["models"].get(name, {}).get("fingerprint") != key}
     if todo or "rows" not in cache:  # everything cached: the base need not be loaded
         reference, tokenizer = load_model(base, load)
     if "rows" not in cache:
@@ -58,11 +58,10 @@ def general_scores(models: dict[str, str], base: str, load: LoadOptions, work: P
         write_json(path, cache)
     out = {}
     for name, model_path in models.items():
-        key = model_fingerprint(model_path)
         done = cache["models"].get(name)
         if name in todo:
             model, _ = load_model(model_path, load)
-            done = {"fingerprint": key, **general_kl(model, reference, tokenizer, cache["rows"])}
+            done = {"fingerprint": keys[name], **general_kl(model, reference, tokenizer, cache["rows"])}
             cache["models"][name] = done
             write_json(path, cache)
             del model
