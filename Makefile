@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv and run the main job: the tour guide's page and HTTP API on the
-#               shipped default model (models/tour-guide-demo.gguf), offline, at http://127.0.0.1:7860/
+#               shipped default model (models/tour-guide.gguf), offline, at http://127.0.0.1:7860/
 #   make test   install into .venv with the test extras (and Debian's chromium for the browser test),
 #               lint (ruff) and run the whole test suite
 # Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes

@@ -2,7 +2,7 @@
 
 The page (a map, interests, style, the model, streaming text) is at /, the HTTP API at
 /tour-guide, /tour-guide/stream and /health. Without --model it loads the shipped default,
-models/tour-guide-demo.gguf, through llama.cpp: no network needed.
+models/tour-guide.gguf (the compressed SmolLM2 student), through llama.cpp: no network needed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from app.server import create_app
 from core.cli import fail
 from models.backends import KINDS, BackendError, detect_kind
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tour-guide-demo.gguf"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tour-guide.gguf"
 
 
 def build_parser() -> argparse.ArgumentParser:

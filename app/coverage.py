@@ -6,7 +6,7 @@ places within `AROUND_M`, nearest first, each with its distance and compass dire
 for one of them, asking the model about that place's own cell (as it was trained); with none
 around, it says plainly that the answer is not backed by facts and how far the nearest one is.
 
-    python -m app.coverage --corpus runs/demo/data --out models/tour-guide-demo.coverage.json
+    python -m app.coverage --corpus runs/smollm2-ship/data --out models/tour-guide.coverage.json
 """
 
 from __future__ import annotations

@@ -26,8 +26,10 @@ def app_url():
 def test_gradio_client_describes_a_landmark(app_url):
     from gradio_client import Client
 
+    from app.__main__ import DEFAULT_MODEL
+
     client = Client(app_url + "/", verbose=False)
-    description, stats = client.predict("46V8+73 Sydney", ["architecture"], "brief", "tour-guide-demo.gguf (llamacpp)",
+    description, stats = client.predict("46V8+73 Sydney", ["architecture"], "brief", f"{DEFAULT_MODEL.name} (llamacpp)",
                                         None, 0.0, 1.0, 128, api_name="/describe")
     lead, _, text = description.partition("\n\n")
     assert lead == "**Sydney Opera House, right where you are:**"
