@@ -44,7 +44,9 @@ SEA_RGB, LAND_RGB = (0xCF, 0xE3, 0xF3), (0xE8, 0xEF, 0xE2)  # map.js's SEA and l
 
 
 def click_map_at(page, lat: float, lon: float, zoom: int) -> None:
-    """A person's click on the map at (lat, lon), wherever Leaflet has put that point on screen."""
+    """A person's click on the map at (lat, lon), wherever Leaflet has put that point on screen
+    (scrolled back to the map first, as a person reading the answer below it would)."""
+    page.locator("#tg-map").scroll_into_view_if_needed()
     point = page.evaluate("""([lat, lon, zoom]) => {
         const map = window.tgMap();
         map.setView([lat, lon], zoom, {animate: false});
