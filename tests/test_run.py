@@ -99,13 +99,20 @@ def test_the_corpus_is_rebuilt_when_its_places_change_though_the_config_does_not
     assert run.fingerprint(data) != before
 
 
+def _ctrl_c_delivered() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(micro_run, runs)
     shutil.rmtree(runs / "micro" / "heal")  # finished healings would be loaded back: make it train again
     cmd = [sys.executable, "-m", "compress.run", "--config", str(MICRO), "--runs-dir", str(runs)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT: give the
+    # child the Ctrl-C a person's terminal would deliver, whatever the suite itself was started from.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_delivered)
     # Interrupt inside the healing, once its first checkpoint (step 12 of the first schedule step) is saved.
     checkpoint = runs / "micro" / "heal" / "student" / "step0" / "checkpoint" / "heal_state.json"
     deadline = time.monotonic() + 240
