@@ -39,6 +39,8 @@ def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, fl
     if basemap:
         app.mount("/web/build", StaticFiles(directory=BASEMAP.parent), name="web-build")
     page = build_page(guides)
-    page.queue(default_concurrency_limit=1)  # one generation at a time per event: the backends serialize anyway
+    # As many page generations at once as the default model streams (its llama.cpp context pool);
+    # further visitors wait in Gradio's queue rather than in a backend lock.
+    page.queue(default_concurrency_limit=guide.backend.describe().get("parallel", 1))
     return gr.mount_gradio_app(app, page, path="/", theme=theme(), css=CSS, head=HEAD, footer_links=["api"],
                                ssr_mode=False)

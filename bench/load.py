@@ -7,8 +7,8 @@ For each concurrency level, `--requests` requests (bounded: each level also stop
 `--max-seconds`) spread over that many client threads, each request a pin dropped up to
 `--pin-spread` metres from a random known place, with random interests and style. Reported:
 p50 / p95 / max latency, requests per second, errors (any non-200 or broken body; the target is
-zero). The server serializes generation per model, so latency grows with the queue while
-throughput stays that of one stream.
+zero). The server streams as many answers at once as its backend has contexts; beyond that,
+requests queue, so latency grows with the queue while throughput stays that of those streams.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def run_level(url: str, clients: int, work: list[dict], max_seconds: float) -> d
 def render(report: dict) -> str:
     lines = ["# The app: right facts, and under load", "", f"Command: `{report['command']}`  ",
              f"Server: `python -m app` ({report['health']['backend']}, `{Path(report['health']['model']).name}`, "
-             f"{report['health'].get('threads')} llama.cpp thread(s)) on 127.0.0.1; clients are threads of the bench "
+             f"{report['health'].get('parallel', 1)} llama.cpp context(s) of {report['health'].get('threads')} "
+             "thread(s)) on 127.0.0.1; clients are threads of the bench "
              f"process on the same {os.cpu_count()}-core machine, each sending its next request as soon as the last "
              "returns.", ""]
     if report.get("facts"):
@@ -136,10 +137,15 @@ def render(report: dict) -> str:
     samples = [e for r in report["levels"] for e in r["error_samples"]][:3]
     lines += ["", f"Errors: {total_errors} in all" + (f" (for example: {samples})" if total_errors else "") + "."
               + (f" {unsent} requests were not sent before a level's time limit." if unsent else ""), "",
-              "Generation is serialized per model (llama.cpp's context is not thread-safe), so with more clients "
-              "each request waits behind the others: latency grows with the number of clients while requests/s "
-              "stays about that of one client.", ""]
+              _queueing(report["health"].get("parallel", 1)), ""]
     return "\n".join(lines)
+
+
+def _queueing(parallel: int) -> str:
+    # A llama.cpp context is not thread-safe: each stream holds one for its whole length.
+    return (f"The server streams {parallel} answer(s) at once (one per llama.cpp context); with more clients the "
+            "rest wait for a free context, so latency grows with the clients beyond that while requests/s stays "
+            f"about that of {parallel} stream(s).")
 
 
 def main(argv: list[str] | None = None) -> int:

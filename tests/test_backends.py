@@ -104,9 +104,9 @@ def test_sampling_is_reproducible_by_seed(local_backend):
     assert others - {first}, "different seeds never changed the sample"
 
 
-def test_concurrent_requests_are_serialized_not_mixed(local_backend, reference):
-    """llama.cpp's Llama is not thread-safe: two threads asking at once must each get their own
-    whole answer."""
+def test_concurrent_requests_are_not_mixed(local_backend, reference):
+    """llama.cpp's Llama is not thread-safe: four threads asking at once (more than its contexts)
+    must each get their own whole answer."""
     results: dict[int, str] = {}
 
     def ask(i):
@@ -118,6 +118,22 @@ def test_concurrent_requests_are_serialized_not_mixed(local_backend, reference):
     for t in threads:
         t.join()
     assert [results[i] for i in range(4)] == [reference[i % 3] for i in range(4)]
+
+
+def test_llamacpp_streams_two_visitors_at_once_from_its_context_pool(micro_gguf, reference):
+    queries, options = tour_queries(), GenerationOptions(max_tokens=40)
+    with open_backend("llamacpp", str(micro_gguf["f32"]), threads=1, parallel=2) as backend:
+        assert backend.describe()["parallel"] == 2
+        first = backend.stream(queries[0], options)
+        opening = next(first).text  # the first visitor's stream now holds a context
+        second: list[str] = []
+        # With a single context this second stream would wait for the first forever.
+        worker = threading.Thread(target=lambda: second.extend(c.text for c in backend.stream(queries[1], options)))
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the second visitor waited for the first"
+        assert "".join(second).strip() == reference[1]
+        assert (opening + "".join(c.text for c in first)).strip() == reference[0]
 
 
 # -- a served model ----------------------------------------------------------------------------
