@@ -1,5 +1,6 @@
 """Benchmark scripts; each writes its numbers to docs/results/ with the command that made them."""
 
+import shlex
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ def reproduce_command(module: str, argv: list[str], out: Path, default_name: str
             args.append(arg)
     if Path(out).name != default_name:
         args += ["--out", f"docs/results/{Path(out).name}"]
-    return " ".join([f"python -m {module}", *args])
+    return " ".join([f"python -m {module}", *map(shlex.quote, args)])  # an empty value stays ''
 
 
 

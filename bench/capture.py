@@ -17,11 +17,13 @@ import math
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench import reproduce_command
 from compress.analyze import analyze, format_table
 from compress.capture import (
     ActivationRecorder,
@@ -117,7 +119,7 @@ def render(report: dict) -> str:
     o, s, a = report["overhead"], report["storage"], report["analysis"]
     ex = report["extrapolation"]
     lines = [
-        "# Activation capture: overhead, storage, and the demo teacher's layers",
+        f"# Activation capture: overhead, storage, and the layers of {report['model_name']}",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; model `{report['model']}` ({report['parameters']:,} parameters, "
@@ -152,7 +154,8 @@ def render(report: dict) -> str:
     lines += [
         "## Storage",
         "",
-        f"Measured on {s['pt']['tokens']:,} tokens of the demo teacher (float16 shards, every layer, all four hooks):",
+        f"Measured on {s['pt']['tokens']:,} tokens of {report['model_name']} (float16 shards, every layer, all four "
+        "hooks):",
         "",
         "| format | bytes | bytes per token |",
         "|---|---|---|",
@@ -173,7 +176,7 @@ def render(report: dict) -> str:
         f"| raw, all four hooks, fp16 | {ex['all_per_token'] / 1e6:,.2f} MB | {ex['all_total'] / 1e12:,.1f} TB |",
         f"| stats mode (float64 sums, both variants) | - | {ex['stats_bytes'] / 1e6:,.0f} MB, fixed |",
         "",
-        "## The demo teacher's layers",
+        f"## The layers of {report['model_name']}",
         "",
         f"{a['samples']} training prompts answered by the teacher, {a['tokens']:,} tokens, mean next-token entropy "
         f"{a['mean_entropy']:.3f} nats. Low importance = candidate for deletion.",
@@ -190,6 +193,12 @@ def render(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def model_name(model: str) -> str:
+    """How the report names the model: `out/teacher-demo` -> the demo teacher, a folder by its name."""
+    name = Path(model).name
+    return f"the {name.removeprefix('teacher-')} teacher" if name.startswith("teacher-") else f"`{name}`"
 
 
 def reading(analysis: dict) -> str:
@@ -277,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(analysis_dir / f"{name}.png", out.parent / f"{stem}_{name}.png")
 
     report = {
-        "command": f"python -m bench.capture --model {args.model} --data {args.data}",
+        "command": reproduce_command("bench.capture", argv if argv is not None else sys.argv[1:], out, "capture.md"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"
         + (f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""),
-        "model": args.model,
+        "model": args.model, "model_name": model_name(args.model),
         "parameters": sum(p.numel() for p in model.parameters()),
         "num_layers": n_layers,
         "dims": dims.__dict__,

@@ -230,6 +230,8 @@ def test_the_capture_benchmark_and_teacher_report_write_their_pages(micro_teache
                        "--work", str(tmp_path / "w"), "--out", str(out), "--device", "cpu"]) == 0
     text = out.read_text()
     assert "ratio (sum of medians)" in text and "Qwen3-32B" in text and "most redundant block" in text
+    assert "--analysis-samples 3 --scale-preset micro" in text  # the command as given, to reproduce it
+    assert f"layers of `{micro_teacher.name}`" in text
     assert (tmp_path / "capture_similarity.png").is_file()
     assert report_main([str(micro_teacher), "--out-dir", str(tmp_path)]) == 0
     assert "fact recall, training places" in (tmp_path / "teacher-micro.md").read_text()
