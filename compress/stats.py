@@ -162,10 +162,7 @@ class StreamStats:
             "pair_angle_last": angle[-1].unflatten(0, (S, S)).expand(2, S, S),
         }
         del pair, unit, angle
-        adds["hsic"] = self._sampled_hsic(states, W, torch.arange(tokens, device=dev))
-        # Without sinks only where there are any: a proxy without them pays nothing extra.
-        adds["hsic_ns"] = (self._sampled_hsic(states, W, (~sink).nonzero().squeeze(-1)) if sink.any()
-                           else adds["hsic"])
+        adds["hsic"], adds["hsic_ns"] = self._sampled_hsic(states, W, sink)
         del states
 
         per_layer: dict[str, list[torch.Tensor]] = {}
@@ -223,25 +220,32 @@ class StreamStats:
             adds[f"{kind}_imp_sq"] = wsum(P, act.abs()) ** 2
         return adds
 
-    def _sampled_hsic(self, states: torch.Tensor, W: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """`_hsic` over the given tokens ([T, S, hidden] states), evenly thinned to `cka_tokens`:
-        its cost grows with T^2."""
-        if len(tokens) == 0:
-            return torch.zeros((2, states.shape[1], states.shape[1]), dtype=torch.float64, device=states.device)
-        if len(tokens) > self.cka_tokens:
-            tokens = tokens[torch.linspace(0, len(tokens) - 1, self.cka_tokens, device=tokens.device).round().long()
+    def _sampled_hsic(self, states: torch.Tensor, W: torch.Tensor, sink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_hsic` over the sample's tokens ([T, S, hidden] states) evenly thinned to `cka_tokens`
+        (its cost grows with T^2), with and without the sink tokens among them. The sink-free
+        form is a sub-block of the same Gram matrices, so it costs no second product."""
+        picked = torch.arange(states.shape[0], device=states.device)
+        if len(picked) > self.cka_tokens:
+            picked = picked[torch.linspace(0, len(picked) - 1, self.cka_tokens, device=picked.device).round().long()
                             .unique()]
-        return self._hsic(states[tokens].transpose(0, 1), W[:, tokens])
+        X, w = states[picked].transpose(0, 1), W[:, picked]  # [S, t, hidden], [2, t]
+        gram = X @ X.transpose(1, 2)  # [S, t, t]
+        full = self._hsic(X, w, gram)
+        clean = ~sink[picked]
+        if clean.all():  # a proxy without sinks pays nothing extra
+            return full, full
+        if not clean.any():
+            return full, torch.zeros_like(full)
+        return full, self._hsic(X[:, clean], w[:, clean], gram[:, clean][:, :, clean])
 
     @staticmethod
-    def _hsic(states: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def _hsic(states: torch.Tensor, W: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
         """<K_i, K_j> for the (weight-)centred linear Gram matrices of every pair of states, per
         variant ([2, S, S]): the numerator and norms of minibatch linear CKA, summed over samples.
 
-        The raw Gram matrix G = X X^T is computed once; centring on a weighted mean mu is the
-        rank-one update G - a 1^T - 1 a^T + |mu|^2 with a = X mu, so both variants share the one
-        expensive product."""
-        gram = states @ states.transpose(1, 2)  # [S, T, T]
+        `gram` is the raw Gram matrix G = X X^T ([S, T, T]), computed once by the caller; centring
+        on a weighted mean mu is the rank-one update G - a 1^T - 1 a^T + |mu|^2 with a = X mu, so
+        both variants share the one expensive product."""
         out = []
         for w in W:
             p = w / w.sum()
