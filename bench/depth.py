@@ -10,7 +10,7 @@
    layers), choose the layers to delete with every strategy of compress.depth (random: several
    seeds) and save each pruned student with its pruning_plan.json;
 3. evaluate the teacher and every student with compress.evaluate (same samples, same decoding);
-4. with --heal-steps, heal every student with the same budget (compress.heal, kd) and evaluate
+4. with --heal-steps, heal every student with the same budget (compress.heal, kd or finetune) and evaluate
    again; with --general, each model's KL to the teacher's base on the general prompts; with
    --budgets, students cut to those shares of the teacher's parameters by depth, by width and by
    both (bench.students);
@@ -158,7 +158,8 @@ def _intro(report: dict) -> list[str]:
                      f"{math.ceil(share * n)} are both run" for share in SHARES
                      if share * n != int(share * n) and math.floor(share * n) in counts and math.ceil(share * n) in counts)
     heal = report.get("heal")
-    healing = (f"Healing: every student distilled from the teacher with the same budget, {heal['steps']} steps of "
+    how = "distilled from the teacher" if heal and heal["method"] == "kd" else "fine-tuned on the corpus answers"
+    healing = (f"Healing: every student {how} with the same budget, {heal['steps']} steps of "
                f"compress.heal ({heal['method']}, batch {heal['batch_size']}, lr {heal['lr']:g}); tables show each "
                "student before and after (`+heal`)." if heal else
                "No healing: these are the students straight after deletion (`--heal-steps N` heals each with the "
@@ -173,7 +174,9 @@ def _intro(report: dict) -> list[str]:
         f"Teacher `{report['teacher']}`: {n} layers, {report['teacher_params'] / 1e6:.2f}M parameters"
         + (f", made by {report['teacher_training']}. " if report.get("teacher_training") else ". ") +
         f"Layer statistics from {report['capture_samples']} train samples; guided search calibrated on "
-        f"{report['guided']['calibration_samples']} samples of train cells that no evaluation uses; evaluation on "
+        f"{report['guided']['calibration_samples']} samples of train cells that no evaluation uses "
+        f"({report['guided']['candidates']} candidate layers a step, {report['guided']['swap_rounds']} swap "
+        "round(s)); evaluation on "
         f"{report['eval_samples']} samples per split: `test` = held-out cells (the teacher never saw these places), "
         "`known` = train cells outside the calibration pool (places the teacher was taught). "
         f"Removed layers: {', '.join(f'{c} ({100 * c / n:.1f}%)' for c in counts)}{shares}"
@@ -473,11 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", default="test,known", help="evaluation splits, comma-separated")
     parser.add_argument("--capture-samples", type=int, default=256)
     parser.add_argument("--calibration-samples", type=int, default=GuidedConfig.calibration_samples)
+    parser.add_argument("--candidates", type=int, default=GuidedConfig.candidates, help="guided: layers tried per step")
+    parser.add_argument("--swap-rounds", type=int, default=GuidedConfig.swap_rounds, help="guided: swap rounds")
     parser.add_argument("--limit", type=int, default=128, help="evaluation samples per split")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation generation batch")
     parser.add_argument("--latency-queries", type=int, default=4)
-    parser.add_argument("--heal-steps", type=int, default=0, help="heal every student this many kd steps (0: none)")
+    parser.add_argument("--heal-steps", type=int, default=0, help="heal every student this many steps (0: none)")
+    parser.add_argument("--heal-method", default="kd", choices=("kd", "finetune"),
+                        help="kd: distil from the teacher; finetune: cross-entropy on the corpus answers")
     parser.add_argument("--heal-lr", type=float, default=3e-4)
     parser.add_argument("--heal-batch-size", type=int, default=8)
     parser.add_argument("--general", action="store_true",
@@ -526,10 +533,11 @@ def run(args, argv: list[str], out: Path) -> dict:
     teacher, tokenizer = load_model(args.teacher, load)
     n = len(decoder_layers(teacher))
     counts = [int(c) for c in args.counts.split(",")] if args.counts else removal_counts(n)
-    guided = GuidedConfig(calibration_samples=args.calibration_samples)
+    guided = GuidedConfig(calibration_samples=args.calibration_samples, candidates=args.candidates,
+                          swap_rounds=args.swap_rounds)
     calibration = calibration_for(teacher, tokenizer, args.data, guided)
     students = build_students(teacher, tokenizer, analysis, calibration, work, counts, args.seeds, guided)
-    heal_config = HealConfig(method="kd", max_steps=args.heal_steps, batch_size=args.heal_batch_size, lr=args.heal_lr,
+    heal_config = HealConfig(method=args.heal_method, max_steps=args.heal_steps, batch_size=args.heal_batch_size, lr=args.heal_lr,
                              warmup=max(1, args.heal_steps // 10), eval_every=args.heal_steps,
                              mixed_precision="auto") if args.heal_steps else None
     budget = {}

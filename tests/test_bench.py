@@ -74,7 +74,8 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
                  "--out", str(out), "--seeds", "1", "--counts", "1", "--splits", "known", "--capture-samples", "4",
                  "--calibration-samples", "4", "--limit", "2", "--max-new-tokens", "8", "--latency-queries", "0",
                  "--pois", str(pois), "--device", "cpu", "--heal-steps", "2", "--heal-batch-size", "2",
-                 "--budgets", "0.6", "--general"]) == 0
+                 "--heal-method", "finetune", "--candidates", "2", "--swap-rounds", "0", "--budgets", "0.6",
+                 "--general"]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["teacher_name"] == "tuned" and report["teacher_kind"] == "fine-tuned"
     assert set(report["summary"]) == {f"{s}@1{h}" for s in ("guided", *BASELINES) for h in ("", "+heal")}
@@ -88,6 +89,8 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
     assert report["general"]["teacher"]["kl"] >= 0 and report["general"]["guided-r1+heal"]["prompts"] > 50
     text = out.read_text()
     assert "### After healing (2 steps each)" in text and "| 1 | guided+heal |" in text
+    assert report["heal"]["method"] == "finetune" and "fine-tuned on the corpus answers" in text
+    assert report["guided"]["candidates"] == 2 and "2 candidate layers a step, 0 swap round(s)" in text
     assert "## General ability" in text and "## Depth, width or both" in text
     assert (tmp_path / "real_budget.png").read_bytes()[:4] == b"\x89PNG"
 
