@@ -24,6 +24,7 @@ from data.generate.base import GenerationRequest
 from data.geo import moved
 from data.poi import POI, SYDNEY, load_pois
 from data.validate import PlaceNames, fact_present, foreign_places, names_poi
+from data.vocab import INTERESTS
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,23 @@ def ask(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+INTEREST_CHOICES = ("own", "other")
+
+
+def interests_for(poi: POI, choice: str, rng: random.Random) -> list[str]:
+    """`own`: the place's first three interests, what it is known for; `other`: two interests it
+    is not tagged with, as a visitor with other tastes would pick (the answer must still be about it)."""
+    if choice == "own":
+        return list(poi.interests)[:3]
+    if choice != "other":
+        raise ValueError(f"unknown interests choice {choice!r}; choose from {', '.join(INTEREST_CHOICES)}")
+    return rng.sample([i for i in INTERESTS if i not in poi.interests], 2)
+
+
 def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int | None = None, seed: int = 0,
-            pois_path: str | Path = SYDNEY, progress=None) -> dict:
-    """Every known place (or the first `limit`) in every style; the rates and each check."""
+            pois_path: str | Path = SYDNEY, progress=None, interests: str = "own") -> dict:
+    """Every known place (or the first `limit`) in every style, asked with `interests` (see
+    interests_for); the rates and each check."""
     pois = {p.id: p for p in load_pois(pois_path)}
     names = PlaceNames(pois.values())
     known = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:limit]
@@ -81,11 +96,12 @@ def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int
         lat, lon = moved(poi.latitude, poi.longitude, offset_m, rng.uniform(0, 360)) if offset_m else \
             (poi.latitude, poi.longitude)
         for style in styles:
-            answer = ask(url, {"latitude": lat, "longitude": lon, "interests": list(poi.interests)[:3], "style": style})
+            answer = ask(url, {"latitude": lat, "longitude": lon, "interests": interests_for(poi, interests, rng),
+                               "style": style})
             checks.append(check(answer, poi, pois, names, style))
             if progress:
                 progress()
-    return {"offset_m": offset_m, "places": len(known), "styles": list(styles), **rates(checks),
+    return {"offset_m": offset_m, "places": len(known), "styles": list(styles), "interests": interests, **rates(checks),
             "checks": [asdict(c) for c in checks]}
 
 
@@ -107,8 +123,10 @@ def render(result: dict) -> list[str]:
     """The Markdown section of docs/results/app.md."""
     where = f"pins {result['offset_m']:.0f} m from each place, in a seeded direction" if result["offset_m"] \
         else "pins on each place"
+    asked = ("two interests the place is not tagged with" if result.get("interests") == "other"
+             else "the place's own interests")
     lines = [f"## Right facts, right place ({result['places']} known places x {len(result['styles'])} styles, {where})",
-             "", "| style | answers | answered for the place | names it | states a fact of it | states another "
+             "", f"Asked with {asked}.", "", "| style | answers | answered for the place | names it | states a fact of it | states another "
              "place's | words |", "|---|---:|---:|---:|---:|---:|---:|"]
     rows = list(result.get("by_style", {}).items()) + [("all", result)]
     for style, r in rows:

@@ -124,7 +124,13 @@ def render(report: dict) -> str:
              "returns.", ""]
     if report.get("facts"):
         lines += facts.render(report["facts"])
-    lines += ["## Under load", "", f"Requests: a pin up to {report.get('pin_spread_m', 0):.0f} m from a random known "
+    if report["levels"]:
+        lines += _load_section(report)
+    return "\n".join(lines)
+
+
+def _load_section(report: dict) -> list[str]:
+    lines = ["## Under load", "", f"Requests: a pin up to {report.get('pin_spread_m', 0):.0f} m from a random known "
               "place, 1-3 random interests, a random style; greedy.", "",
              "| clients | requests | errors | p50 ms | p95 ms | max ms | requests/s | tokens/s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -138,7 +144,7 @@ def render(report: dict) -> str:
     lines += ["", f"Errors: {total_errors} in all" + (f" (for example: {samples})" if total_errors else "") + "."
               + (f" {unsent} requests were not sent before a level's time limit." if unsent else ""), "",
               _queueing(report["health"].get("parallel", 1)), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _queueing(parallel: int) -> str:
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts-styles", default="brief,stimulate,detailed",
                         help="styles every known place is asked in for the facts check ('' skips it)")
     parser.add_argument("--facts-limit", type=int, help="only the first N known places")
+    parser.add_argument("--facts-interests", default="own", choices=facts.INTEREST_CHOICES,
+                        help="own: each place's own interests; other: two it is not tagged with")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
     args = parser.parse_args(argv)
@@ -170,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         if styles:
             places = len(json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:args.facts_limit])
             with tqdm(total=places * len(styles), desc="facts", unit="answer") as bar:
-                checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=bar.update)
+                checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=bar.update,
+                                        interests=args.facts_interests)
         levels = []
-        for clients in (int(c) for c in args.clients.split(",")):
+        for clients in (int(c) for c in args.clients.split(",") if c):  # '' measures the facts alone
             work = bodies(url, args.requests, args.seed + clients, args.pin_spread)
             level = run_level(url, clients, work, args.max_seconds)
             print(f"{clients:3d} clients: {level['requests']} requests, {level['errors']} errors, "

@@ -129,6 +129,31 @@ def test_load_bench_counts_every_request_and_no_errors(tmp_path):
     assert "| 3 | 6 | 0 |" in text and "## Right facts, right place (3 known places x 2 styles" in text
 
 
+def test_the_facts_check_alone_asks_with_interests_the_place_is_not_tagged_with(tmp_path):
+    from bench.load import main as bench_load
+
+    out = tmp_path / "app-other.md"
+    assert bench_load(["--clients", "", "--facts-styles", "brief", "--facts-limit", "2", "--facts-interests", "other",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["levels"] == [] and report["facts"]["interests"] == "other" and report["facts"]["answers"] == 2
+    text = out.read_text()
+    assert "Asked with two interests the place is not tagged with." in text and "## Under load" not in text
+
+
+def test_other_interests_are_never_the_places_own():
+    import random
+
+    from bench.facts import interests_for
+    from data.poi import SYDNEY, load_pois
+
+    rng = random.Random(0)
+    for poi in load_pois(SYDNEY):
+        picked = interests_for(poi, "other", rng)
+        assert len(picked) == 2 and not set(picked) & set(poi.interests)
+        assert interests_for(poi, "own", rng) == list(poi.interests)[:3]
+
+
 def test_the_facts_check_tells_own_facts_from_another_places():
     from bench.facts import check
     from data.poi import SYDNEY, load_pois
