@@ -46,6 +46,7 @@ SAMPLING_HELP = {
     "holdout": {"help": "cells: val/test are places never trained on; requests: every place in every split "
                         "(the corpus of a model that ships knowing them all)", "choices": HOLDOUTS},
     "off_interest_rate": "how often a request adds an interest the place lacks",
+    "untagged_rate": "how often a request names only interests the place lacks",
     "max_interests": "most interests one request names",
     "country": "country named in the writer's prompt",
     "language": "language of the descriptions",

@@ -47,6 +47,10 @@ class SamplingConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     off_interest_rate: float = 0.2  # how often a request adds an interest the place lacks
+    # How often a request names only interests the place lacks: a visitor with other tastes still
+    # stands at this place, and a model that never saw such requests drifts to a place that
+    # matches them (docs/results/app-other-interests.md).
+    untagged_rate: float = 0.0
     max_interests: int = 3
     country: str = "Australia"
     language: str = "English"
@@ -61,6 +65,8 @@ class SamplingConfig:
             raise ValueError("samples_per_cell must be positive")
         if not (self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val and test fractions must be >= 0 and leave room for train")
+        if not 0 <= self.untagged_rate <= 1:
+            raise ValueError("untagged_rate must be between 0 and 1")
 
 
 def cells_from_pois(pois: list[POI], gazetteer: Gazetteer | None = None) -> list[Cell]:
@@ -128,6 +134,11 @@ def density_weights(cells: list[Cell], all_pois: list[POI]) -> list[float]:
 
 def _interests_for(cell: Cell, rng: random.Random, config: SamplingConfig, first: str | None = None):
     own = list(cell.interests)
+    untagged = [i for i in INTERESTS if i not in own]
+    # Drawn only when asked for, so corpora made without it keep their random stream.
+    if config.untagged_rate and not first and untagged and rng.random() < config.untagged_rate:
+        picked = set(rng.sample(untagged, min(len(untagged), rng.randint(1, 2), config.max_interests)))
+        return tuple(i for i in INTERESTS if i in picked)
     k = rng.randint(1, min(config.max_interests, max(1, len(own))))
     chosen = set(rng.sample(own, k))
     if first:

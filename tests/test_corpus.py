@@ -123,6 +123,18 @@ def test_interest_balanced_sampling_asks_for_each_interest_about_equally(cells):
     assert spread(counts) < spread(uniform)
 
 
+def test_some_requests_name_only_interests_the_place_lacks_and_the_default_stream_is_unchanged(cells):
+    plain = sample_requests(cells, SamplingConfig(samples_per_cell=12, seed=3))
+    assert plain == sample_requests(cells, SamplingConfig(samples_per_cell=12, seed=3, untagged_rate=0.0))
+    reqs = sample_requests(cells, SamplingConfig(samples_per_cell=12, seed=3, untagged_rate=0.3))
+    own = {c.plus_code: set(c.interests) for c in cells}
+    untagged = [r for r in reqs if not set(r.interests) & own[r.plus_code]]
+    assert 0.2 < len(untagged) / len(reqs) < 0.4
+    assert all(1 <= len(r.interests) <= 2 for r in untagged)
+    with pytest.raises(ValueError, match="untagged_rate"):
+        SamplingConfig(untagged_rate=1.5)
+
+
 def test_density_sampling_favours_cells_with_many_neighbours():
     city = [make_poi(f"c{k}", f"City Spot {k}", -33.870 + k * 0.0005, 151.207, ["A.", "B.", "C."]) for k in range(6)]
     remote = [make_poi("far", "Far Lookout", -33.60, 151.30, ["A.", "B.", "C."])]
