@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from data.generate.base import GenerationRequest
 from data.geo import moved
 from data.poi import POI, SYDNEY, load_pois
@@ -83,7 +85,7 @@ def interests_for(poi: POI, choice: str, rng: random.Random) -> list[str]:
 
 
 def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int | None = None, seed: int = 0,
-            pois_path: str | Path = SYDNEY, progress=None, interests: str = "own") -> dict:
+            pois_path: str | Path = SYDNEY, progress: bool = False, interests: str = "own") -> dict:
     """Every known place (or the first `limit`) in every style, asked with `interests` (see
     interests_for); the rates and each check."""
     pois = {p.id: p for p in load_pois(pois_path)}
@@ -91,6 +93,7 @@ def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int
     known = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:limit]
     rng = random.Random(seed)
     checks = []
+    bar = tqdm(total=len(known) * len(styles), desc="facts", unit="answer", disable=not progress)
     for place in known:
         poi = pois[place["poi_id"]]
         lat, lon = moved(poi.latitude, poi.longitude, offset_m, rng.uniform(0, 360)) if offset_m else \
@@ -99,8 +102,8 @@ def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int
             answer = ask(url, {"latitude": lat, "longitude": lon, "interests": interests_for(poi, interests, rng),
                                "style": style})
             checks.append(check(answer, poi, pois, names, style))
-            if progress:
-                progress()
+            bar.update()
+    bar.close()
     return {"offset_m": offset_m, "places": len(known), "styles": list(styles), "interests": interests, **rates(checks),
             "checks": [asdict(c) for c in checks]}
 

@@ -27,8 +27,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from bench import facts, reproduce_command
 from core.artifacts import write_atomic
 from data.geo import moved
@@ -174,12 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         health = json.loads(urllib.request.urlopen(url + "/health").read())
         one(url, bodies(url, 1, args.seed + 99)[0])  # warm-up
         styles = tuple(s for s in args.facts_styles.split(",") if s)
-        checked = None
-        if styles:
-            places = len(json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:args.facts_limit])
-            with tqdm(total=places * len(styles), desc="facts", unit="answer") as bar:
-                checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=bar.update,
-                                        interests=args.facts_interests)
+        checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=True,
+                                interests=args.facts_interests) if styles else None
         levels = []
         for clients in (int(c) for c in args.clients.split(",") if c):  # '' measures the facts alone
             work = bodies(url, args.requests, args.seed + clients, args.pin_spread)
