@@ -157,13 +157,7 @@ def _intro(report: dict) -> list[str]:
     shares = "".join(f"; {100 * share:g}% of {n} layers is {share * n:g}, so {math.floor(share * n)} and "
                      f"{math.ceil(share * n)} are both run" for share in SHARES
                      if share * n != int(share * n) and math.floor(share * n) in counts and math.ceil(share * n) in counts)
-    heal = report.get("heal")
-    how = "distilled from the teacher" if heal and heal["method"] == "kd" else "fine-tuned on the corpus answers"
-    healing = (f"Healing: every student {how} with the same budget, {heal['steps']} steps of "
-               f"compress.heal ({heal['method']}, batch {heal['batch_size']}, lr {heal['lr']:g}); tables show each "
-               "student before and after (`+heal`)." if heal else
-               "No healing: these are the students straight after deletion (`--heal-steps N` heals each with the "
-               "same budget).")
+    healing = _healing_sentence(report.get("heal"))
     return [
         f"# Depth pruning on the {report['teacher_name']} {report.get('teacher_kind', 'proxy')} teacher: which "
         "layers to delete",
@@ -184,6 +178,16 @@ def _intro(report: dict) -> list[str]:
         f"{report['max_new_tokens']} new tokens. {healing}",
         "",
     ]
+
+
+def _healing_sentence(heal: dict | None) -> str:
+    if not heal:
+        return ("No healing: these are the students straight after deletion (`--heal-steps N` heals each with the "
+                "same budget).")
+    how = "distilled from the teacher" if heal["method"] == "kd" else "fine-tuned on the corpus answers"
+    return (f"Healing: every student {how} with the same budget, {heal['steps']} steps of compress.heal "
+            f"({heal['method']}, batch {heal['batch_size']}, lr {heal['lr']:g}); tables show each student before "
+            "and after (`+heal`).")
 
 
 def _verdict_table(report: dict, rows_of: list[dict]) -> list[str]:
