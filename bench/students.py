@@ -33,7 +33,8 @@ def heal_students(students: dict[str, dict], teacher, tokenizer, data: str | Pat
     healed = {}
     for name, info in students.items():
         out = work / "healed" / name
-        student, _ = load_model(info["path"], load)
+        # fp32 master weights whatever the evaluation reads: AdamW updates vanish in bf16 weights
+        student, _ = load_model(info["path"], replace(load, dtype="float32"))
         _, report = heal(student, teacher, tokenizer, data, config, out, progress=False)
         del student
         healed[name + HEALED] = {**info, "path": str(out), "healed": True, "heal_steps": report["steps"],

@@ -75,13 +75,17 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
                  "--calibration-samples", "4", "--limit", "2", "--max-new-tokens", "8", "--latency-queries", "0",
                  "--pois", str(pois), "--device", "cpu", "--heal-steps", "2", "--heal-batch-size", "2",
                  "--heal-method", "finetune", "--candidates", "2", "--swap-rounds", "0", "--budgets", "0.6",
-                 "--general"]) == 0
+                 "--general", "--dtype", "bfloat16"]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["teacher_name"] == "tuned" and report["teacher_kind"] == "fine-tuned"
     assert set(report["summary"]) == {f"{s}@1{h}" for s in ("guided", *BASELINES) for h in ("", "+heal")}
     assert len(report["verdict_healed"]) == len(report["verdict"]) > 0
     healed = json.loads((tmp_path / "work" / "healed" / "guided-r1" / "heal.json").read_text())
     assert healed["steps"] == 2
+    # evaluated in bf16, but healed on fp32 master weights
+    assert "bfloat16 weights" in report["machine"]
+    saved = json.loads((tmp_path / "work" / "healed" / "guided-r1" / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "float32"
     kinds = {(e["kind"], e.get("healed", False)) for e in report["budget"].values()}
     assert kinds == {(k, h) for k in ("depth", "width", "depth+width") for h in (False, True)}
     for entry in report["budget"].values():
