@@ -148,7 +148,8 @@ def render(report: dict) -> str:
     lines += _layers_table(report)
     for split in report["splits"]:
         lines += _split_table(report, split)
-    lines += _general_table(report) + _budget_table(report) + _latency_table(report) + _columns_note(report)
+    lines += _general_table(report) + _budget_table(report) + _anchor_section(report) + _latency_table(report)
+    lines += _columns_note(report)
     return "\n".join(lines)
 
 
@@ -280,6 +281,11 @@ def _budget_table(report: dict) -> list[str]:
     return lines + ["", f"![budget]({report['stem']}_budget.png)", ""]
 
 
+def _anchor_section(report: dict) -> list[str]:
+    sentences = anchor_sentences(report)
+    return (["## Against the published anchors", ""] + sentences + [""]) if sentences else []
+
+
 def _latency_table(report: dict) -> list[str]:
     lines = ["## Latency (one query at a time, median)", "", "| layers | s/query | tokens/s |", "|---:|---:|---:|"]
     for layers, (seconds, rate) in sorted(report["latency"].items(), key=lambda kv: -int(kv[0])):
@@ -369,10 +375,60 @@ def _budget_sentences(report: dict) -> list[str]:
         entries = {e["kind"]: e for e in budget.values() if e["fraction"] == fraction and e.get("healed") == healed}
         recall = {k: e["metrics"]["known"]["fact_recall"] for k, e in entries.items()}
         best = max(recall, key=recall.get)
+        tied = len(set(recall.values())) == 1
         out.append(f"- At {100 * fraction:.0f}% of the teacher's parameters{' after healing' if healed else ''}, "
                    "fact recall on known places: " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items())
-                   + f" (**{best}** best).")
+                   + (" (all tied)." if tied else f" (**{best}** best)."))
     return out
+
+
+SHORTGPT_ANCHOR = ("ShortGPT (Men et al., 2024) deletes about 25% of the layers of 7B and 13B models (LLaMA 2, Baichuan 2) by block influence "
+                   "and keeps about 95% of their MMLU score, with no healing.")
+MINITRON_ANCHOR = ("Minitron (Muralidharan et al., 2024) found that, at one parameter count and after distillation, "
+                   "pruning width beats pruning depth.")
+
+
+def anchor_sentences(report: dict) -> list[str]:
+    """Our numbers next to the published anchors: what share of the teacher a quarter-depth cut keeps, and
+    whether width beat depth at one budget."""
+    if "known" not in report["splits"]:
+        return []
+    n, teacher = report["num_layers"], report["teacher_metrics"]["known"]
+    remove = min(report["counts"], key=lambda c: abs(c / n - 0.25))
+    general = report.get("general") or {}
+    out = [f"- {SHORTGPT_ANCHOR} Here, {remove} of {n} layers ({100 * remove / n:.1f}%):"]
+    for healed in (False, True) if report.get("heal") else (False,):
+        for strategy in ("shortgpt", "guided"):
+            known = report["summary"][summary_key(strategy, remove, healed)]["known"]
+            kept = known["fact_recall"]["mean"] / teacher["fact_recall"] if teacher["fact_recall"] else float("nan")
+            line = (f"  - {strategy}{HEALED if healed else ''} keeps {100 * kept:.0f}% of the teacher's fact recall on "
+                    f"known places and agrees with its next token {100 * known['top1_agreement']['mean']:.0f}% of the time")
+            name = student_name(strategy, remove) + (HEALED if healed else "")
+            if name in general and general["teacher"]["top1_agreement"]:
+                share = general[name]["top1_agreement"] / general["teacher"]["top1_agreement"]
+                line += f"; on the general prompts it keeps {100 * share:.0f}% of the teacher's top-1 agreement with the base"
+            out.append(line + ".")
+    return out + _minitron_sentences(report)
+
+
+def _minitron_sentences(report: dict) -> list[str]:
+    budget = report.get("budget") or {}
+    healed = any(e.get("healed") for e in budget.values())
+    out = []
+    for fraction in sorted({e["fraction"] for e in budget.values()}, reverse=True):
+        kinds = {e["kind"]: e["metrics"]["known"] for e in budget.values()
+                 if e["fraction"] == fraction and e.get("healed", False) == healed}
+        if not {"width", "depth"} <= set(kinds):
+            continue
+        w, d = kinds["width"], kinds["depth"]
+        # fact recall first; where both recall nothing, the KL to the teacher decides
+        metric = "fact_recall" if w["fact_recall"] != d["fact_recall"] else "kl"
+        width_wins = w[metric] > d[metric] if HIGHER_IS_BETTER[metric] else w[metric] < d[metric]
+        out.append(f"  - At {100 * fraction:.0f}% of the parameters{' after healing' if healed else ''}: width "
+                   f"{_fmt(w[metric], metric)} vs depth {_fmt(d[metric], metric)} ({metric.replace('_', ' ')}): "
+                   + ("width ahead, as Minitron found." if width_wins else "depth ahead, unlike Minitron." if
+                      w[metric] != d[metric] else "a tie."))
+    return ([f"- {MINITRON_ANCHOR} Here:"] + out) if out else []
 
 
 def plot(report: dict, out: Path) -> list[Path]:

@@ -96,6 +96,9 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
     assert report["heal"]["method"] == "finetune" and "fine-tuned on the corpus answers" in text
     assert report["guided"]["candidates"] == 2 and "2 candidate layers a step, 0 swap round(s)" in text
     assert "## General ability" in text and "## Depth, width or both" in text
+    # our numbers beside the published ones: ShortGPT's quarter-depth cut and Minitron's width-vs-depth
+    anchors = text.split("## Against the published anchors")[1].split("## Latency")[0]
+    assert "shortgpt+heal keeps" in anchors and "At 60% of the parameters after healing: width" in anchors
     assert (tmp_path / "real_budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
