@@ -372,14 +372,20 @@ def _budget_sentences(report: dict) -> list[str]:
     out = []
     healed = any(e.get("healed") for e in budget.values())
     for fraction in sorted({e["fraction"] for e in budget.values()}, reverse=True):
-        entries = {e["kind"]: e for e in budget.values() if e["fraction"] == fraction and e.get("healed") == healed}
-        recall = {k: e["metrics"]["known"]["fact_recall"] for k, e in entries.items()}
+        recall = {k: m["fact_recall"] for k, m in _budget_known(budget, fraction, healed).items()}
         best = max(recall, key=recall.get)
         tied = len(set(recall.values())) == 1
         out.append(f"- At {100 * fraction:.0f}% of the teacher's parameters{' after healing' if healed else ''}, "
                    "fact recall on known places: " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items())
                    + (" (all tied)." if tied else f" (**{best}** best)."))
     return out
+
+
+def _budget_known(budget: dict, fraction: float, healed: bool) -> dict[str, dict]:
+    """kind -> metrics on the known split of the budget students at `fraction`, healed or not (the
+    unhealed entries carry no `healed` key)."""
+    return {e["kind"]: e["metrics"]["known"] for e in budget.values()
+            if e["fraction"] == fraction and e.get("healed", False) == healed}
 
 
 SHORTGPT_ANCHOR = ("ShortGPT (Men et al., 2024) deletes about 25% of the layers of 7B and 13B models (LLaMA 2, Baichuan 2) by block influence "
@@ -416,8 +422,7 @@ def _minitron_sentences(report: dict) -> list[str]:
     healed = any(e.get("healed") for e in budget.values())
     out = []
     for fraction in sorted({e["fraction"] for e in budget.values()}, reverse=True):
-        kinds = {e["kind"]: e["metrics"]["known"] for e in budget.values()
-                 if e["fraction"] == fraction and e.get("healed", False) == healed}
+        kinds = _budget_known(budget, fraction, healed)
         if not {"width", "depth"} <= set(kinds):
             continue
         w, d = kinds["width"], kinds["depth"]

@@ -191,3 +191,17 @@ def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny
     assert [r["student_layer"] for r in ledger] == [0, 1, 2, 3]
     assert all(r["cosine_after"] > 0.999 for r in ledger)  # a model against itself
     assert "| 3 | 3 |" in out.read_text()
+
+
+def test_budget_students_without_healing_are_summed_up_and_set_against_minitron():
+    from bench.depth import _budget_sentences, _minitron_sentences
+
+    def entry(kind, recall, kl):
+        return {"kind": kind, "fraction": 0.5, "metrics": {"known": {"fact_recall": recall, "kl": kl}}}
+
+    report = {"budget": {"depth-50pct": entry("depth", 0.0, 2.0), "width-50pct": entry("width", 0.0, 1.5),
+                         "depth+width-50pct": entry("depth+width", 0.0, 3.0)}}
+    assert _budget_sentences(report) == ["- At 50% of the teacher's parameters, fact recall on known places: "
+                                         "depth 0.000, width 0.000, depth+width 0.000 (all tied)."]
+    assert _minitron_sentences(report)[1] == ("  - At 50% of the parameters: width 1.500 vs depth 2.000 (kl): "
+                                              "width ahead, as Minitron found.")
