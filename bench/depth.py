@@ -372,7 +372,7 @@ def _budget_sentences(report: dict) -> list[str]:
     out = []
     healed = any(e.get("healed") for e in budget.values())
     for fraction in sorted({e["fraction"] for e in budget.values()}, reverse=True):
-        recall = {k: m["fact_recall"] for k, m in _budget_known(budget, fraction, healed).items()}
+        recall = {k: e["metrics"]["known"]["fact_recall"] for k, e in _budget_at(budget, fraction, healed).items()}
         best = max(recall, key=recall.get)
         tied = len(set(recall.values())) == 1
         out.append(f"- At {100 * fraction:.0f}% of the teacher's parameters{' after healing' if healed else ''}, "
@@ -381,10 +381,10 @@ def _budget_sentences(report: dict) -> list[str]:
     return out
 
 
-def _budget_known(budget: dict, fraction: float, healed: bool) -> dict[str, dict]:
-    """kind -> metrics on the known split of the budget students at `fraction`, healed or not (the
-    unhealed entries carry no `healed` key)."""
-    return {e["kind"]: e["metrics"]["known"] for e in budget.values()
+def _budget_at(budget: dict, fraction: float, healed: bool) -> dict[str, dict]:
+    """kind -> entry of the budget students at `fraction`, healed or not (the unhealed entries carry
+    no `healed` key)."""
+    return {e["kind"]: e for e in budget.values()
             if e["fraction"] == fraction and e.get("healed", False) == healed}
 
 
@@ -422,15 +422,18 @@ def _minitron_sentences(report: dict) -> list[str]:
     healed = any(e.get("healed") for e in budget.values())
     out = []
     for fraction in sorted({e["fraction"] for e in budget.values()}, reverse=True):
-        kinds = _budget_known(budget, fraction, healed)
+        kinds = _budget_at(budget, fraction, healed)
         if not {"width", "depth"} <= set(kinds):
             continue
-        w, d = kinds["width"], kinds["depth"]
+        w, d = kinds["width"]["metrics"]["known"], kinds["depth"]["metrics"]["known"]
+        # the solvers land under the budget by different amounts: say what each student weighs
+        size = {k: f" ({e['shape']['parameters'] / 1e6:.1f}M)" for k, e in kinds.items()}
         # fact recall first; where both recall nothing, the KL to the teacher decides
         metric = "fact_recall" if w["fact_recall"] != d["fact_recall"] else "kl"
         width_wins = w[metric] > d[metric] if HIGHER_IS_BETTER[metric] else w[metric] < d[metric]
-        out.append(f"  - At {100 * fraction:.0f}% of the parameters{' after healing' if healed else ''}: width "
-                   f"{_fmt(w[metric], metric)} vs depth {_fmt(d[metric], metric)} ({metric.replace('_', ' ')}): "
+        out.append(f"  - At {100 * fraction:.0f}% of the parameters{' after healing' if healed else ''}: width"
+                   f"{size['width']} {_fmt(w[metric], metric)} vs depth{size['depth']} {_fmt(d[metric], metric)} "
+                   f"({metric.replace('_', ' ')}): "
                    + ("width ahead, as Minitron found." if width_wins else "depth ahead, unlike Minitron." if
                       w[metric] != d[metric] else "a tie."))
     return ([f"- {MINITRON_ANCHOR} Here:"] + out) if out else []

@@ -98,7 +98,7 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
     assert "## General ability" in text and "## Depth, width or both" in text
     # our numbers beside the published ones: ShortGPT's quarter-depth cut and Minitron's width-vs-depth
     anchors = text.split("## Against the published anchors")[1].split("## Latency")[0]
-    assert "shortgpt+heal keeps" in anchors and "At 60% of the parameters after healing: width" in anchors
+    assert "shortgpt+heal keeps" in anchors and "At 60% of the parameters after healing: width (" in anchors
     assert (tmp_path / "real_budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -196,12 +196,13 @@ def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny
 def test_budget_students_without_healing_are_summed_up_and_set_against_minitron():
     from bench.depth import _budget_sentences, _minitron_sentences
 
-    def entry(kind, recall, kl):
-        return {"kind": kind, "fraction": 0.5, "metrics": {"known": {"fact_recall": recall, "kl": kl}}}
+    def entry(kind, recall, kl, params):
+        return {"kind": kind, "fraction": 0.5, "metrics": {"known": {"fact_recall": recall, "kl": kl}},
+                "shape": {"parameters": params}}
 
-    report = {"budget": {"depth-50pct": entry("depth", 0.0, 2.0), "width-50pct": entry("width", 0.0, 1.5),
-                         "depth+width-50pct": entry("depth+width", 0.0, 3.0)}}
+    report = {"budget": {"depth-50pct": entry("depth", 0.0, 2.0, 67.3e6), "width-50pct": entry("width", 0.0, 1.5, 46.5e6),
+                         "depth+width-50pct": entry("depth+width", 0.0, 3.0, 60.3e6)}}
     assert _budget_sentences(report) == ["- At 50% of the teacher's parameters, fact recall on known places: "
                                          "depth 0.000, width 0.000, depth+width 0.000 (all tied)."]
-    assert _minitron_sentences(report)[1] == ("  - At 50% of the parameters: width 1.500 vs depth 2.000 (kl): "
-                                              "width ahead, as Minitron found.")
+    assert _minitron_sentences(report)[1] == ("  - At 50% of the parameters: width (46.5M) 1.500 vs depth (67.3M) "
+                                              "2.000 (kl): width ahead, as Minitron found.")
