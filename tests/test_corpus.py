@@ -179,6 +179,16 @@ def test_short_answers_state_the_most_notable_fact_whatever_the_interests(pois):
     assert notable_fact(plain, ["nature"]) == "A lawn by the water."  # nothing dated: what it is
 
 
+def test_the_opening_places_it_in_the_prompts_locality_not_its_suburb():
+    """The model copies the locality from the prompt; a suburb it would have to memorise per cell."""
+    casino = make_poi("casino", "Harbour Casino", -33.8610, 151.2010, ["Opened in 2022."], locality="Barangaroo")
+    cell = cells_from_pois([casino])[0]
+    assert cell.locality != "Barangaroo"
+    for seed in range(6):
+        text = write(request_for(cell, "brief", ("views",), seed=seed))
+        assert "Barangaroo" not in text and cell.locality in text, text
+
+
 def test_stimulate_ends_with_a_question_or_a_suggestion(cells):
     for seed in range(5):
         text = write(request_for(cells[0], "stimulate", ("views",), seed=seed))
