@@ -24,6 +24,11 @@ def _name_forms(name: str) -> list[str]:
         forms.append(bare)
     if bare.lower().startswith("the "):
         forms.append(bare[4:])
+    # 'Theatre Royal Sydney' is 'the Theatre Royal' in a sentence set in Sydney; a one-word rest
+    # ('Crown', 'The Star') or one ending in a preposition ('Museum of') is not a name by itself.
+    rest = re.fullmatch(r"(?:The )?(.+) Sydney", bare)
+    if rest and len(rest[1].split()) >= 2 and rest[1].split()[-1].lower() not in {"of", "in", "at"}:
+        forms.append(rest[1])
     return forms
 
 

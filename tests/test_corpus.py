@@ -22,7 +22,7 @@ from data.sampling import (
     split_of,
     split_requests,
 )
-from data.validate import PlaceNames, text_problems
+from data.validate import PlaceNames, names_poi, text_problems
 from data.vocab import STYLES, count_sentences, style_problems
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
@@ -207,6 +207,15 @@ def test_validation_rejects_missing_name_foreign_places_and_wrong_length(pois, c
     assert wrong == ["wrong place: names POI(s) of another cell ['Bondi Beach', 'Hyde Park']"]
     long = text_problems("Hyde Park Barracks. " + "Convicts lived here. " * 5, request, names)
     assert [p.split(":")[0] for p in long] == ["sentences"]
+
+
+def test_a_name_ending_in_the_city_is_named_without_it_when_the_rest_is_a_name():
+    theatre = make_poi("theatre", "Theatre Royal Sydney", -33.8680, 151.2080, ["Opened in 1976."])
+    crown = make_poi("crown", "Crown Sydney", -33.8610, 151.2010, ["Opened in 2022."])
+    museum = make_poi("museum", "Museum of Sydney", -33.8640, 151.2110, ["Opened in 1995."])
+    assert names_poi("The Theatre Royal opened in 1976.", theatre)
+    assert not names_poi("The crown of the hill.", crown)
+    assert not names_poi("A museum of the city.", museum)
 
 
 def test_a_neighbour_named_in_the_places_own_facts_is_allowed(pois):
