@@ -38,10 +38,20 @@ class Check:
     own_fact: bool
     other_facts: tuple[str, ...]  # ids of the other places whose facts or names the text states
     words: int
+    text: str
 
     @property
     def beside(self) -> bool:
         return self.answered_for == self.poi_id
+
+    @property
+    def missed(self) -> bool:
+        return not (self.names and self.own_fact) or bool(self.other_facts)
+
+    def record(self) -> dict:
+        """What the report keeps: the model's text only where it missed, for a reader to judge."""
+        row = asdict(self)
+        return row if self.missed else {k: v for k, v in row.items() if k != "text"}
 
 
 def other_places(text: str, poi: POI, pois: dict[str, POI], names: PlaceNames) -> tuple[str, ...]:
@@ -61,7 +71,7 @@ def check(answer: dict, asked: POI, pois: dict[str, POI], names: PlaceNames, sty
     place = pois.get(chosen, asked)
     text = answer.get("description") or ""
     return Check(asked.id, style, chosen, names_poi(text, place), any(fact_present(f, text) for f in place.facts),
-                 other_places(text, place, pois, names), len(text.split()))
+                 other_places(text, place, pois, names), len(text.split()), text)
 
 
 def ask(url: str, body: dict) -> dict:
@@ -105,7 +115,7 @@ def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int
             bar.update()
     bar.close()
     return {"offset_m": offset_m, "places": len(known), "styles": list(styles), "interests": interests, **rates(checks),
-            "checks": [asdict(c) for c in checks]}
+            "checks": [c.record() for c in checks]}
 
 
 def rates(checks: list[Check]) -> dict:
@@ -135,10 +145,11 @@ def render(result: dict) -> list[str]:
     for style, r in rows:
         lines.append(f"| {style} | {r['answers']} | {r['answered_beside']:.1%} | {r['names_place']:.1%} | "
                      f"{r['own_fact']:.1%} | {r['other_fact']:.1%} | {r['mean_words']:.0f} |")
-    misses = [c for c in result["checks"] if not (c["names"] and c["own_fact"]) or c["other_facts"]][:8]
+    misses = [c for c in result["checks"] if "text" in c]
     lines += ["", "Goals: names it 100%, states a fact of it >= 95%, states another place's 0%. The model's text "
-              "is scored, not the app's lead line. Misses (first 8): "
+              f"is scored, not the app's lead line. {len(misses)} answers miss (their texts are in the JSON); "
+              "the first 8: "
               + ("; ".join(f"{c['poi_id']} ({c['style']}: {'no name ' if not c['names'] else ''}"
-                           f"{'no fact ' if not c['own_fact'] else ''}{' '.join(c['other_facts'])})" for c in misses)
+                           f"{'no fact ' if not c['own_fact'] else ''}{' '.join(c['other_facts'])})" for c in misses[:8])
                  or "none") + ".", ""]
     return lines

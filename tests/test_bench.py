@@ -175,6 +175,7 @@ def test_the_facts_check_tells_own_facts_from_another_places():
     mixed = check({"answered_for": {"poi_id": opera.id}, "description": f"{opera.name}. {other.facts[0]}"},
                   opera, pois, names, "brief")
     assert mixed.names and not mixed.own_fact and mixed.other_facts == (other.id,)
+    assert "text" not in right.record() and mixed.record()["text"] == mixed.text  # a reader sees what missed
 
 
 def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny_corpus, tmp_path):
