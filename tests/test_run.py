@@ -56,8 +56,11 @@ def test_the_micro_preset_runs_every_stage_and_records_it(micro_run):
     assert healed["after"]["kl"] < healed["before"]["kl"]
     exported = m["stages"]["export"]["summary"]
     assert set(exported) == {"gguf q8_0", "gguf f16", "onnx int4"}
-    for name in ("gguf f16", "onnx int4"):  # each runtime answers, and like torch (greedy)
-        assert exported[name]["answer"]["ran"] and exported[name]["answer"]["same_as_torch"], name
+    assert all(entry["answer"]["ran"] and entry["answer"]["text"] for entry in exported.values())
+    # 8-bit and 16-bit files answer exactly as the checkpoint does; int4 on a 48-wide model moves
+    # near-tied logits, so only that it answers is a property of the file
+    for name in ("gguf q8_0", "gguf f16"):
+        assert exported[name]["answer"]["same_as_torch"], name
     assert (micro_run / "micro" / "export" / "student-q8_0.gguf").is_file()
 
 
