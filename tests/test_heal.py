@@ -8,6 +8,7 @@ import torch
 from compress import heal as heal_module
 from compress.depth import delete_layers
 from compress.heal import HealConfig, heal, procrustes, restrict_scores, schedule_sizes
+from compress.plots import plot_heal_curves
 from compress.width import importance_scores, prune_width
 from models.load import LoadOptions, load_model
 from train.losses import kd_loss, layer_pairs
@@ -80,6 +81,9 @@ def test_fine_tuning_needs_no_teacher_and_distillation_does(micro_teacher, tiny_
     _, report = heal(student, None, tokenizer, tiny_corpus, HealConfig(method="finetune", **FAST), tmp_path / "ft",
                      progress=False)
     assert report["after"]["perplexity"] < report["before"]["perplexity"]
+    # with no teacher there is nothing to agree with: no KL or top-1 is reported, rather than a perfect 0 / 1
+    assert "kl" not in report["after"] and "top1_agreement" not in report["after"]
+    assert plot_heal_curves({"finetune": report}, tmp_path / "curves.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="needs a teacher"):
         heal(student, None, tokenizer, tiny_corpus, HealConfig(**FAST), tmp_path / "kd", progress=False)
     with pytest.raises(ValueError, match="unknown healing method"):

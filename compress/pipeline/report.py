@@ -84,6 +84,11 @@ def _model_lines(run: Run) -> list[str]:
     return lines + [row for name, folder in models.items() if (row := model_row(name, Path(folder)))]
 
 
+def _measured(metrics: dict, key: str, spec: str) -> str:
+    """A validation number, or a dash where it was not measured (no teacher: no KL, no top-1)."""
+    return format(metrics[key], spec) if key in metrics else "—"
+
+
 def _heal_lines(run: Run, figure) -> list[str]:
     heal = _heal_reports(run)
     if not heal:
@@ -94,9 +99,9 @@ def _heal_lines(run: Run, figure) -> list[str]:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in heal.items():
         b, a = r["before"], r["after"]
-        lines.append(f"| {name} | {r['steps']} | {r['stopped'] or 'ran all steps'} | {b['kl']:.4f} | {a['kl']:.4f} | "
-                     f"{b['top1_agreement']:.3f} | {a['top1_agreement']:.3f} | {b['perplexity']:.2f} | "
-                     f"{a['perplexity']:.2f} |")
+        cells = [_measured(m, key, spec) for key, spec in (("kl", ".4f"), ("top1_agreement", ".3f"),
+                                                            ("perplexity", ".2f")) for m in (b, a)]
+        lines.append(f"| {name} | {r['steps']} | {r['stopped'] or 'ran all steps'} | " + " | ".join(cells) + " |")
     return lines + ["", f"![healing]({figure(plot_heal_curves(heal, run.dir / 'heal_curves.png'))})"]
 
 
