@@ -6,9 +6,9 @@ POST /tour-guide with the place's own interests, the pin either on the place or 
 in a seeded direction (people stand in front of things). The model's text (`description`, not the
 app's lead line, which names the place by itself) is scored:
 - names: it names the place the app answered for;
-- own fact: it states at least one fact of that place (data.validate.fact_present: the fact's
-  numbers and most of its content words);
-- other fact: it states a fact of another place, or names a POI of another cell;
+- own fact: one of its sentences states a fact of that place (data.validate.fact_present: the
+  fact's numbers and most of its content words);
+- other fact: one of its sentences states a fact of another place, or it names a POI of another cell;
 - answered for: the app chose the place the pin was dropped beside (a nearer known place may win).
 """
 
@@ -26,7 +26,7 @@ from data.generate.base import GenerationRequest
 from data.geo import moved
 from data.poi import POI, SYDNEY, load_pois
 from data.validate import PlaceNames, fact_present, foreign_places, names_poi
-from data.vocab import INTERESTS
+from data.vocab import INTERESTS, split_sentences
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,22 @@ class Check:
         return row if self.missed else {k: v for k, v in row.items() if k != "text"}
 
 
+def states(fact: str, sentences: list[str]) -> bool:
+    """A fact is a sentence's worth: matched against a whole answer, the words of a short one ("It
+    is now part of Sydney Harbour National Park") turn up scattered over any long answer about a
+    harbour park."""
+    return any(fact_present(fact, s) for s in sentences)
+
+
 def other_places(text: str, poi: POI, pois: dict[str, POI], names: PlaceNames) -> tuple[str, ...]:
     """Other places the text speaks of: a POI of another cell named, or a fact of one stated that
     this place's own facts do not also state."""
     cell = tuple(p for p in pois.values() if p.plus_code == poi.plus_code)
     request = GenerationRequest(poi.plus_code, "", poi.locality, cell, (), "brief")
     named = {p.id for p in pois.values() if p.name in set(foreign_places(text, request, names))}
-    own = " ".join(f for p in cell for f in p.facts)
+    own, sentences = " ".join(f for p in cell for f in p.facts), split_sentences(text)
     stated = {p.id for p in pois.values() if p.plus_code != poi.plus_code
-              and any(fact_present(f, text) and not fact_present(f, own) for f in p.facts)}
+              and any(states(f, sentences) and not fact_present(f, own) for f in p.facts)}
     return tuple(sorted(named | stated))
 
 
@@ -70,7 +77,8 @@ def check(answer: dict, asked: POI, pois: dict[str, POI], names: PlaceNames, sty
     chosen = (answer.get("answered_for") or {}).get("poi_id")
     place = pois.get(chosen, asked)
     text = answer.get("description") or ""
-    return Check(asked.id, style, chosen, names_poi(text, place), any(fact_present(f, text) for f in place.facts),
+    own_fact = any(states(f, split_sentences(text)) for f in place.facts)
+    return Check(asked.id, style, chosen, names_poi(text, place), own_fact,
                  other_places(text, place, pois, names), len(text.split()), text)
 
 

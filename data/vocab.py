@@ -102,20 +102,23 @@ def count_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def count_sentences(text: str) -> int:
-    """Sentences, not full stops: initials ("J. F. Archibald") and abbreviations ("St.") do not
-    end one, and a last sentence without its full stop still counts."""
-    stripped = text.strip()
-    if not stripped:
-        return 0
-    ends = 0
+def split_sentences(text: str) -> list[str]:
+    """Sentences as a reader sees them: initials ("J. F. Archibald") and abbreviations ("St.") do
+    not end one, and a last sentence without its full stop is still one."""
+    stripped = " ".join(text.split())
+    sentences, start = [], 0
     for m in _SENTENCE_END.finditer(stripped):
-        before = stripped[: m.start()].rsplit(None, 1)[-1] if stripped[: m.start()].strip() else ""
+        before = stripped[start: m.start()].rsplit(None, 1)[-1] if stripped[start: m.start()].strip() else ""
         if m.group().startswith(".") and (_INITIAL.fullmatch(before) or before.lower() in _ABBREVIATIONS):
             continue
-        ends += 1
-    last_is_end = bool(_SENTENCE_END.search(stripped[-1:] + " "))
-    return ends if last_is_end else ends + 1
+        sentences.append(stripped[start: m.end()].strip())
+        start = m.end()
+    rest = stripped[start:].strip()
+    return [s for s in sentences if s] + ([rest] if rest else [])
+
+
+def count_sentences(text: str) -> int:
+    return len(split_sentences(text))
 
 
 def style_problems(text: str, style: str) -> list[str]:

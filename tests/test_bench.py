@@ -178,6 +178,24 @@ def test_the_facts_check_tells_own_facts_from_another_places():
     assert "text" not in right.record() and mixed.record()["text"] == mixed.text  # a reader sees what missed
 
 
+def test_a_fact_of_another_place_is_stated_in_one_sentence_not_scattered_over_an_answer():
+    from bench.facts import check
+    from data.poi import SYDNEY, load_pois
+    from data.validate import PlaceNames
+
+    pois = {p.id: p for p in load_pois(SYDNEY)}
+    names, park = PlaceNames(pois.values()), pois["ballast-point-park"]
+    fact = "It is now part of Sydney Harbour National Park."
+    assert fact in pois["goat-island"].facts and fact not in park.facts
+    scattered = (f"{park.name} is in Sydney. {park.facts[0]} The harbour is close. Its design is part of a "
+                 "national story.")
+    said = check({"answered_for": {"poi_id": park.id}, "description": scattered}, park, pois, names, "detailed")
+    assert said.own_fact and said.other_facts == ()
+    said = check({"answered_for": {"poi_id": park.id}, "description": f"{scattered} {fact}"}, park, pois, names,
+                 "detailed")
+    assert "goat-island" in said.other_facts
+
+
 def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny_corpus, tmp_path):
     """bench.transport end to end: captures on the same texts, one ledger line per layer."""
     from bench.transport import main as bench_transport

@@ -2,7 +2,8 @@
 
 import pytest
 
-from data.vocab import INTERESTS, check_interests, count_sentences, count_words, interests_in, style_problems
+from data.vocab import (INTERESTS, check_interests, count_sentences, count_words, interests_in, split_sentences,
+                        style_problems)
 
 
 @pytest.mark.parametrize(
@@ -13,6 +14,12 @@ from data.vocab import INTERESTS, check_interests, count_sentences, count_words,
 )
 def test_sentences_are_counted_as_a_reader_would(text, n):
     assert count_sentences(text) == n
+
+
+def test_sentences_split_where_a_reader_would_and_keep_their_words():
+    text = "A bequest from J. F. Archibald funded it.  It opened in 1932! St. James' is near"
+    assert split_sentences(text) == ["A bequest from J. F. Archibald funded it.", "It opened in 1932!",
+                                     "St. James' is near"]
 
 
 def test_words_count_hyphenated_and_accented_words_once():

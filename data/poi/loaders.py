@@ -21,9 +21,8 @@ from pathlib import Path
 
 from data.geo import GeoError, check_coordinates, plus_code_for
 from data.poi.schema import MAX_FACTS, POI, POIError, load_pois, slugify
-from data.vocab import INTERESTS, interests_in
+from data.vocab import INTERESTS, interests_in, split_sentences
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'“(])")
 _COLUMN_ALIASES = {
     "name": ("name", "title", "poi", "place"),
     "latitude": ("latitude", "lat", "y"),
@@ -34,10 +33,6 @@ _COLUMN_ALIASES = {
     "locality": ("locality", "suburb", "neighbourhood", "neighborhood", "city"),
     "interests": ("interests", "tags", "categories"),
 }
-
-
-def _split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]
 
 
 def _interests(facts: list[str], given: str | None, fallback: tuple[str, ...]) -> tuple[str, ...]:
@@ -97,7 +92,7 @@ def load_csv(
             if not name:
                 raise POIError(f"{path}:{rowno}: empty name")
             facts = [f.strip() for f in get("facts").split("|") if f.strip()] if get("facts") else []
-            facts = facts or _split_sentences(get("description"))
+            facts = facts or split_sentences(get("description"))
             if not facts:
                 raise POIError(f"{path}:{rowno}: {name!r} has no facts or description")
             try:
