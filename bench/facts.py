@@ -140,6 +140,12 @@ def _shares(checks: list[Check]) -> dict:
             "other_fact": sum(bool(c.other_facts) for c in checks) / n, "mean_words": sum(c.words for c in checks) / n}
 
 
+def _what_missed(check: dict) -> str:
+    said = (["does not name it"] if not check["names"] else []) + (["states none of its facts"]
+                                                                    if not check["own_fact"] else [])
+    return "; ".join(said + [f"speaks of {', '.join(check['other_facts'])}"] * bool(check["other_facts"]))
+
+
 def render(result: dict) -> list[str]:
     """The Markdown section of docs/results/app.md."""
     where = f"pins {result['offset_m']:.0f} m from each place, in a seeded direction" if result["offset_m"] \
@@ -154,10 +160,10 @@ def render(result: dict) -> list[str]:
         lines.append(f"| {style} | {r['answers']} | {r['answered_beside']:.1%} | {r['names_place']:.1%} | "
                      f"{r['own_fact']:.1%} | {r['other_fact']:.1%} | {r['mean_words']:.0f} |")
     misses = [c for c in result["checks"] if "text" in c]
+    shown = "the first 8 of them" if len(misses) > 8 else "each"
     lines += ["", "Goals: names it 100%, states a fact of it >= 95%, states another place's 0%. The model's text "
-              f"is scored, not the app's lead line. {len(misses)} answers miss (their texts are in the JSON); "
-              "the first 8: "
-              + ("; ".join(f"{c['poi_id']} ({c['style']}: {'no name ' if not c['names'] else ''}"
-                           f"{'no fact ' if not c['own_fact'] else ''}{' '.join(c['other_facts'])})" for c in misses[:8])
-                 or "none") + ".", ""]
+              f"is scored, not the app's lead line. {len(misses)} answer(s) miss; {shown} below, every one in the "
+              "JSON.", ""]
+    lines += [f"- `{c['poi_id']}` ({c['style']}): {_what_missed(c)}. \"{c['text']}\"" for c in misses[:8]]
+    lines += [""] if misses else []
     return lines

@@ -166,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="own: each place's own interests; other: two it is not tagged with")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
+    parser.add_argument("--render", action="store_true", help="only re-render --out from the JSON beside it")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        write_atomic(out, render(json.loads(out.with_suffix(".json").read_text())))
+        return 0
     proc, url = start_app(args.app_arg)
     try:
         health = json.loads(urllib.request.urlopen(url + "/health").read())
@@ -190,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
                                            "app.md"),
               "health": health, "facts": checked, "pin_spread_m": args.pin_spread, "levels": levels,
               "server_alive_after": alive}
-    out = Path(args.out)
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
     write_atomic(out, render(report))
     print(f"wrote {out}")

@@ -134,6 +134,8 @@ def test_load_bench_counts_every_request_and_no_errors(tmp_path):
     assert checked["answered_beside"] == 1.0  # pins on the places themselves
     text = out.read_text()
     assert "| 3 | 6 | 0 |" in text and "## Right facts, right place (3 known places x 2 styles" in text
+    out.write_text("")
+    assert bench_load(["--render", "--out", str(out)]) == 0 and out.read_text() == text  # from its JSON alone
 
 
 def test_the_facts_check_alone_asks_with_interests_the_place_is_not_tagged_with(tmp_path):
@@ -176,6 +178,11 @@ def test_the_facts_check_tells_own_facts_from_another_places():
                   opera, pois, names, "brief")
     assert mixed.names and not mixed.own_fact and mixed.other_facts == (other.id,)
     assert "text" not in right.record() and mixed.record()["text"] == mixed.text  # a reader sees what missed
+    from bench.facts import rates, render
+
+    section = "\n".join(render({"offset_m": 0.0, "places": 1, "styles": ["brief"], **rates([right, mixed]),
+                                "checks": [right.record(), mixed.record()]}))
+    assert "1 answer(s) miss" in section and f"speaks of {other.id}. \"{mixed.text}\"" in section
 
 
 def test_a_fact_of_another_place_is_stated_in_one_sentence_not_scattered_over_an_answer():
