@@ -2,8 +2,15 @@
 
 import pytest
 
-from data.vocab import (INTERESTS, check_interests, count_sentences, count_words, interests_in, split_sentences,
-                        style_problems)
+from data.vocab import (
+    INTERESTS,
+    check_interests,
+    count_sentences,
+    count_words,
+    interests_in,
+    split_sentences,
+    style_problems,
+)
 
 
 @pytest.mark.parametrize(
