@@ -56,6 +56,9 @@ def start_app(extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 def bodies(url: str, count: int, seed: int, spread_m: float = 0.0) -> list[dict]:
     places = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"]
+    if not places:
+        raise SystemExit("bench.load: the served model knows no places (no NAME.coverage.json beside it; "
+                         "python -m app.coverage writes one)")
     rng = random.Random(seed)
     out = []
     for _ in range(count):
