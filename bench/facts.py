@@ -25,7 +25,7 @@ from tqdm import tqdm
 from data.generate.base import GenerationRequest
 from data.geo import moved
 from data.poi import POI, SYDNEY, load_pois
-from data.validate import PlaceNames, fact_present, foreign_places, names_poi
+from data.validate import PlaceNames, fact_in_sentences, fact_present, foreign_places, names_poi
 from data.vocab import INTERESTS, split_sentences
 
 
@@ -54,22 +54,16 @@ class Check:
         return row if self.missed else {k: v for k, v in row.items() if k != "text"}
 
 
-def states(fact: str, sentences: list[str]) -> bool:
-    """A fact is a sentence's worth: matched against a whole answer, the words of a short one ("It
-    is now part of Sydney Harbour National Park") turn up scattered over any long answer about a
-    harbour park."""
-    return any(fact_present(fact, s) for s in sentences)
-
-
-def other_places(text: str, poi: POI, pois: dict[str, POI], names: PlaceNames) -> tuple[str, ...]:
-    """Other places the text speaks of: a POI of another cell named, or a fact of one stated that
-    this place's own facts do not also state."""
+def other_places(text: str, sentences: list[str], poi: POI, pois: dict[str, POI],
+                 names: PlaceNames) -> tuple[str, ...]:
+    """Other places the text (split into `sentences`) speaks of: a POI of another cell named, or a
+    fact of one stated that this place's own facts do not also state."""
     cell = tuple(p for p in pois.values() if p.plus_code == poi.plus_code)
     request = GenerationRequest(poi.plus_code, "", poi.locality, cell, (), "brief")
     named = {p.id for p in pois.values() if p.name in set(foreign_places(text, request, names))}
-    own, sentences = " ".join(f for p in cell for f in p.facts), split_sentences(text)
+    own = " ".join(f for p in cell for f in p.facts)
     stated = {p.id for p in pois.values() if p.plus_code != poi.plus_code
-              and any(states(f, sentences) and not fact_present(f, own) for f in p.facts)}
+              and any(fact_in_sentences(f, sentences) and not fact_present(f, own) for f in p.facts)}
     return tuple(sorted(named | stated))
 
 
@@ -77,9 +71,9 @@ def check(answer: dict, asked: POI, pois: dict[str, POI], names: PlaceNames, sty
     chosen = (answer.get("answered_for") or {}).get("poi_id")
     place = pois.get(chosen, asked)
     text = answer.get("description") or ""
-    own_fact = any(states(f, split_sentences(text)) for f in place.facts)
-    return Check(asked.id, style, chosen, names_poi(text, place), own_fact,
-                 other_places(text, place, pois, names), len(text.split()), text)
+    sentences = split_sentences(text)
+    return Check(asked.id, style, chosen, names_poi(text, place), any(fact_in_sentences(f, sentences) for f in place.facts),
+                 other_places(text, sentences, place, pois, names), len(text.split()), text)
 
 
 def ask(url: str, body: dict) -> dict:
@@ -141,9 +135,14 @@ def _shares(checks: list[Check]) -> dict:
 
 
 def _what_missed(check: dict) -> str:
-    said = (["does not name it"] if not check["names"] else []) + (["states none of its facts"]
-                                                                    if not check["own_fact"] else [])
-    return "; ".join(said + [f"speaks of {', '.join(check['other_facts'])}"] * bool(check["other_facts"]))
+    said = []
+    if not check["names"]:
+        said.append("does not name it")
+    if not check["own_fact"]:
+        said.append("states none of its facts")
+    if check["other_facts"]:
+        said.append(f"speaks of {', '.join(check['other_facts'])}")
+    return "; ".join(said)
 
 
 def render(result: dict) -> list[str]:

@@ -106,12 +106,12 @@ def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
         steps, loss = zip(*report["losses"]) if report["losses"] else ((), ())
         axes[0].plot(steps, loss, label=name)
         v = report["validations"]
-        # Without a teacher (plain fine-tuning) the curves are log-perplexity and nothing.
-        kl, top1 = (("kl", "top1_agreement") if all("kl" in x for x in v) else ("perplexity", None))
-        axes[1].plot([x["step"] for x in v], [math.log(x[kl]) if kl == "perplexity" else x[kl] for x in v],
-                     marker="o", label=name)
-        if top1:
-            axes[2].plot([x["step"] for x in v], [x[top1] for x in v], marker="o", label=name)
+        steps = [x["step"] for x in v]
+        if all("kl" in x for x in v):
+            axes[1].plot(steps, [x["kl"] for x in v], marker="o", label=name)
+            axes[2].plot(steps, [x["top1_agreement"] for x in v], marker="o", label=name)
+        else:  # plain fine-tuning: no teacher to compare with, so log-perplexity and no agreement
+            axes[1].plot(steps, [math.log(x["perplexity"]) for x in v], marker="o", label=name)
     for ax, title in zip(axes, ("training loss (smoothed)", "validation KL to the teacher\n(log-perplexity without one)",
                                 "validation top-1 agreement (with a teacher)")):
         ax.set_title(title, fontsize=9)

@@ -111,6 +111,13 @@ def fact_present(fact: str, text: str, threshold: float = 0.8) -> bool:
     return numbers <= found and len(words & found) >= threshold * len(words)
 
 
+def fact_in_sentences(fact: str, sentences: list[str]) -> bool:
+    """Whether one of `sentences` states `fact`. A fact is a sentence's worth: matched against a
+    whole answer, the words of a short one ("It is now part of Sydney Harbour National Park") turn
+    up scattered over any long answer about a harbour park."""
+    return any(fact_present(fact, s) for s in sentences)
+
+
 def facts_recalled(generated: str, reference: str, pois: Iterable[POI]) -> tuple[int, int]:
     """(recalled, expected): of the POI facts the reference states, how many the generated
     text states too. A model that memorised its training places recalls most of them."""
