@@ -13,6 +13,7 @@ from functools import cached_property
 
 from data.generate.base import GenerationRequest
 from data.poi import POI
+from data.refusal import refusal_problems
 from data.vocab import style_problems
 
 
@@ -79,6 +80,8 @@ def text_problems(text: str, request: GenerationRequest, names: PlaceNames) -> l
     """Why a generated description is rejected, each 'category: detail'; empty when accepted."""
     if not text.strip():
         return ["empty: no text"]
+    if not request.pois:  # a cell with no known place (data.sampling.unknown_cells): its answer is the refusal
+        return refusal_problems(text, names)
     problems = []
     main = request.pois[0]
     if not names_poi(text, main):
