@@ -47,6 +47,7 @@ SAMPLING_HELP = {
                         "(the corpus of a model that ships knowing them all)", "choices": HOLDOUTS},
     "off_interest_rate": "how often a request adds an interest the place lacks",
     "untagged_rate": "how often a request names only interests the place lacks",
+    "unknown_rate": "share of requests about cells with no POI within 500 m, answered with a refusal",
     "max_interests": "most interests one request names",
     "country": "country named in the writer's prompt",
     "language": "language of the descriptions",
@@ -217,8 +218,9 @@ def _write_texts(folder: Path, rows: list[dict], cells: dict) -> None:
     for row in rows:
         by_cell.setdefault(row["plus_code"], []).append(row)
     for code, cell_rows in by_cell.items():
-        cell = cells[code]
-        lines = [f"# {code} ({cell.short_code} {cell.locality}): {', '.join(p.name for p in cell.pois)}", ""]
+        cell = cells.get(code)  # None: an unknown cell, with no place to name
+        what = ", ".join(p.name for p in cell.pois) if cell else "no known place"
+        lines = [f"# {code} ({cell_rows[0]['short_code']} {cell_rows[0]['locality']}): {what}", ""]
         for row in cell_rows:
             lines += [f"## {row['style']} · {', '.join(row['interests'])}", row["target"], ""]
         write_atomic(folder / f"{code}.txt", "\n".join(lines))
