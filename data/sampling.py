@@ -3,17 +3,21 @@
 A sample is (cell, interests, style). The cell is the 10-digit Plus Code square (~14 m) holding a
 POI; POIs that share a square share a cell. Splits are made by cell, so a test POI is never seen
 in training, and by a hash of the code, so adding POIs later does not reshuffle the others.
+Optionally a share of requests asks about cells with no POI near (`unknown_rate`), split by the
+same hash, whose answer is the refusal (data.refusal).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from data.generate.base import GenerationRequest
-from data.geo import Gazetteer, distance_m, shorten
+from data.geo import Gazetteer, Place, decode, distance_m, moved, plus_code_for, shorten
 from data.poi import POI
 from data.vocab import INTERESTS, STYLES
 
@@ -25,6 +29,14 @@ SPLITS = ("train", "val", "test")
 HOLDOUTS = ("cells", "requests")
 _DENSITY_RADIUS_M = 500.0
 _RETRIES_PER_SLOT = 30
+# A cell is unknown when no POI lies within this of any point of it: app.coverage.AROUND_M, the
+# radius within which the app answers for a known place (a test holds the two equal).
+UNKNOWN_CLEAR_M = 500.0
+_CELL_HALF_DIAGONAL_M = 10.0  # a 10-digit cell is at most 13.9 m a side
+_REGION_MARGIN_M = 1000.0  # around the POIs' bounding box, so a one-street dataset still has a region
+_WORLD_MIN_POPULATION = 500_000  # the gazetteer's cities that unknown pins abroad are dropped near
+_WORLD_SPREAD_M = 5000.0
+_UNKNOWN_MAX_MISSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,10 @@ class SamplingConfig:
     country: str = "Australia"
     language: str = "English"
     holdout: str = "cells"
+    # Share of each split's requests about a cell with no POI within UNKNOWN_CLEAR_M, in the POIs'
+    # region and near cities elsewhere; the answer says the guide knows nothing there. 0 draws
+    # nothing, so corpora made without it keep their random stream.
+    unknown_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,6 +83,8 @@ class SamplingConfig:
             raise ValueError("val and test fractions must be >= 0 and leave room for train")
         if not 0 <= self.untagged_rate <= 1:
             raise ValueError("untagged_rate must be between 0 and 1")
+        if not 0 <= self.unknown_rate < 1:
+            raise ValueError("unknown_rate must be at least 0 and below 1")
 
 
 def cells_from_pois(pois: list[POI], gazetteer: Gazetteer | None = None) -> list[Cell]:
@@ -93,20 +111,87 @@ def split_of(plus_code: str, config: SamplingConfig) -> str:
     return "train"
 
 
-def split_requests(cells: list[Cell], config: SamplingConfig, all_pois: list[POI]) -> dict[str, list[GenerationRequest]]:
+def split_requests(cells: list[Cell], config: SamplingConfig, all_pois: list[POI],
+                   gazetteer: Gazetteer | None = None) -> dict[str, list[GenerationRequest]]:
     """The requests of each split. Held out by cell, a split samples `samples_per_cell` for each
     of its cells; held out by request, train does so for every cell and val / test draw their
-    fraction of that on the same cells, never repeating a request of an earlier split."""
+    fraction of that on the same cells, never repeating a request of an earlier split. Then each
+    split's `unknown_rate` of requests about unknown cells."""
     if config.holdout == "cells":
         by_split = split_cells(cells, config)
-        return {s: sample_requests(by_split[s], config, all_pois, salt=s) for s in SPLITS}
-    share = {"train": 1.0, "val": config.val_fraction, "test": config.test_fraction}
-    out: dict[str, list[GenerationRequest]] = {}
-    taken: set[tuple] = set()
-    for split in SPLITS:
-        out[split] = sample_requests(cells, config, all_pois, salt=split,
-                                     per_cell=config.samples_per_cell * share[split], exclude=taken)
-        taken |= {request_key(r) for r in out[split]}
+        out = {s: sample_requests(by_split[s], config, all_pois, salt=s) for s in SPLITS}
+    else:
+        share = {"train": 1.0, "val": config.val_fraction, "test": config.test_fraction}
+        out = {}
+        taken: set[tuple] = set()
+        for split in SPLITS:
+            out[split] = sample_requests(cells, config, all_pois, salt=split,
+                                         per_cell=config.samples_per_cell * share[split], exclude=taken)
+            taken |= {request_key(r) for r in out[split]}
+    if config.unknown_rate:
+        unknown = unknown_requests({s: len(out[s]) for s in SPLITS}, config, all_pois, gazetteer)
+        out = {s: out[s] + unknown[s] for s in SPLITS}
+    return out
+
+
+def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None = None) -> Iterator[Place]:
+    """An endless seeded stream of distinct 10-digit cells with no POI within UNKNOWN_CLEAR_M of
+    any point of them, as the app encodes a pin there (the cell centre, its short code and
+    locality): alternately a random point of the POIs' region (streets, suburbs, bush, water) and
+    one within 5 km of a random city of the gazetteer outside that region, with its own locality."""
+    if not pois:
+        raise ValueError("unknown cells are placed around the POIs: give at least one")
+    gaz = gazetteer or Gazetteer.default()
+    south, west = moved(min(p.latitude for p in pois), min(p.longitude for p in pois), _REGION_MARGIN_M, 225)
+    north, east = moved(max(p.latitude for p in pois), max(p.longitude for p in pois), _REGION_MARGIN_M, 45)
+
+    def inside(lat: float, lon: float) -> bool:
+        return south <= lat <= north and west <= lon <= east
+
+    cities = sorted((c for c in gaz.places if c.population >= _WORLD_MIN_POPULATION and not inside(c.latitude, c.longitude)),
+                    key=lambda c: c.geonameid)
+    rng = random.Random(f"{seed}:unknown-cells")
+    seen: set[str] = set()
+    misses = 0
+    for n in itertools.count():
+        if n % 2 == 0 or not cities:
+            lat, lon = rng.uniform(south, north), rng.uniform(west, east)
+        else:
+            city = rng.choice(cities)
+            lat, lon = moved(city.latitude, city.longitude, rng.uniform(0, _WORLD_SPREAD_M), rng.uniform(0, 360))
+        place = decode(plus_code_for(lat, lon), gazetteer=gaz)
+        clear = UNKNOWN_CLEAR_M + _CELL_HALF_DIAGONAL_M
+        if place.plus_code in seen or any(
+                distance_m(place.latitude, place.longitude, p.latitude, p.longitude) <= clear for p in pois):
+            misses += 1
+            if misses > _UNKNOWN_MAX_MISSES:
+                raise ValueError(f"no cell {UNKNOWN_CLEAR_M:.0f} m clear of every POI in {misses} tries")
+            continue
+        misses = 0
+        seen.add(place.plus_code)
+        yield place
+
+
+def unknown_requests(counts: dict[str, int], config: SamplingConfig, pois: list[POI],
+                     gazetteer: Gazetteer | None = None) -> dict[str, list[GenerationRequest]]:
+    """Requests about unknown cells (no POI, so the writer refuses), `unknown_rate` of each split
+    once added to its `counts` known requests. A cell's split is its hash's, as for places: a test
+    cell is never trained on. One request per cell, random interests, the styles in turn."""
+    want = {s: round(counts[s] * config.unknown_rate / (1 - config.unknown_rate)) for s in SPLITS}
+    out: dict[str, list[GenerationRequest]] = {s: [] for s in SPLITS}
+    rng = random.Random(f"{config.seed}:unknown-requests")
+    cells = unknown_cells(pois, config.seed, gazetteer)
+    styles = list(STYLES)
+    while any(len(out[s]) < want[s] for s in SPLITS):
+        place = next(cells)
+        split = split_of(place.plus_code, config)
+        if len(out[split]) >= want[split]:
+            continue
+        picked = set(rng.sample(INTERESTS, rng.randint(1, config.max_interests)))
+        out[split].append(GenerationRequest(
+            plus_code=place.plus_code, short_code=place.short_code, locality=place.locality, pois=(),
+            interests=tuple(i for i in INTERESTS if i in picked), style=styles[len(out[split]) % len(styles)],
+            country=config.country, language=config.language, seed=rng.randrange(2**31)))
     return out
 
 

@@ -5,7 +5,7 @@ proxy teacher learns the dataset's facts and not a writer model's embellishments
 decide which facts come first: a history lover hears the dates, an architecture lover the design.
 Whatever the interests, the short styles state the place's most notable fact (a year, who designed
 or built it, or what it is): a visitor who asked about the view still hears when the Opera House
-was designed and by whom.
+was designed and by whom. A cell with no place gets the refusal, one plain sentence (data.refusal).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from data.generate.base import (
     generate_sequentially,
 )
 from data.poi import POI
+from data.refusal import REFUSALS
 from data.vocab import STYLES, interests_in
 
-VERSION = "template-v3"
+VERSION = "template-v4"
 
 _OPENERS = (
     "Your pin is on {name}, in {locality}.",
@@ -115,6 +116,8 @@ def write(request: GenerationRequest) -> str:
     if request.style not in STYLES:
         raise GenerationError(f"unknown style {request.style!r}")
     rng = random.Random(request.seed)
+    if not request.pois:  # whatever the style: a long answer about nothing could only be invented
+        return rng.choice(REFUSALS)
     main = request.pois[0]
     notable = notable_fact(main, request.interests)
     facts = [notable, *(f for f in ranked_facts(main, request.interests) if f != notable)]
