@@ -35,12 +35,12 @@ from app.basemap import Box, fetch_wheel, read_shapes, region_of
 from bench import reproduce_command
 from core.artifacts import write_atomic
 from core.cli import fail
-from data.geo import bearing_deg, cache_dir, compass, distance_m
+from data.geo import EARTH_RADIUS_M, bearing_deg, cache_dir, compass, distance_m
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION_MARGIN_DEG = 0.1  # wider than the shipped clip (app.basemap.MARGIN_DEG): shapes just past it count
 HARBOUR = Box(151.19, -33.87, 151.24, -33.84)  # Circular Quay to Kirribilli
-METRES_PER_DEGREE = 6_371_000 * math.pi / 180  # on data.geo.distance_m's sphere
+METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180  # on data.geo.distance_m's sphere
 WORLD_ATLAS, GEO_MAPS = "2.0.2", "0.6.0"
 GSHHG_PACKAGE, GSHHG_VERSION = basemap.PACKAGE.split("==")
 

@@ -171,32 +171,44 @@ def check_coordinates(lat: float, lon: float) -> tuple[float, float]:
     return lat, lon
 
 
+EARTH_RADIUS_M = 6_371_000  # the mean radius: the sphere is within 0.5% of the ellipsoid everywhere
+
+
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Metres between two points; equirectangular, which is plenty at city scale."""
-    mean_lat = math.radians((lat1 + lat2) / 2)
-    dx = math.radians(lon2 - lon1) * math.cos(mean_lat)
-    dy = math.radians(lat2 - lat1)
-    return 6_371_000 * math.hypot(dx, dy)
+    """Great-circle metres between two points (haversine). Right at every scale: a flat-plane formula
+    is fine across a city but says 26,000 km from New York to Sydney, more than half the planet's
+    circumference. Longitudes are wrapped, so 179.9 and -179.9 are 0.2 degrees apart."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlam = math.radians((lon2 - lon1 + 180) % 360 - 180)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 COMPASS_POINTS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Initial bearing from the first point to the second, degrees clockwise from north in [0, 360);
-    on the same equirectangular plane as `distance_m`, so the two agree at city scale."""
-    mean_lat = math.radians((lat1 + lat2) / 2)
-    dx = math.radians((lon2 - lon1 + 180) % 360 - 180) * math.cos(mean_lat)  # the short way round
-    dy = math.radians(lat2 - lat1)
-    return math.degrees(math.atan2(dx, dy)) % 360
+    """Initial great-circle bearing from the first point to the second, degrees clockwise from north in
+    [0, 360): the way to start walking along the path `distance_m` measures."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dlam = math.radians((lon2 - lon1 + 180) % 360 - 180)
+    y = math.sin(dlam) * math.cos(phi2)
+    x = math.cos(phi1) * math.sin(phi2) - math.sin(phi1) * math.cos(phi2) * math.cos(dlam)
+    return math.degrees(math.atan2(y, x)) % 360
 
 
 def moved(lat: float, lon: float, metres: float, bearing: float) -> tuple[float, float]:
-    """The point `metres` from (lat, lon) towards `bearing` (degrees from north), on the plane of
-    `distance_m` and `bearing_deg`: the two give back `metres` and `bearing` for it."""
-    north, east = metres * math.cos(math.radians(bearing)), metres * math.sin(math.radians(bearing))
-    mid = math.radians(lat + math.degrees(north / 6_371_000) / 2)
-    return lat + math.degrees(north / 6_371_000), lon + math.degrees(east / 6_371_000 / math.cos(mid))
+    """The point `metres` from (lat, lon) along the great circle that starts towards `bearing` (degrees
+    from north): `distance_m` gives back `metres` for it and `bearing_deg` gives back `bearing`.
+    The longitude comes back in [-180, 180)."""
+    delta = metres / EARTH_RADIUS_M
+    phi1, theta = math.radians(lat), math.radians(bearing)
+    phi2 = math.asin(max(-1.0, min(1.0, math.sin(phi1) * math.cos(delta)
+                                   + math.cos(phi1) * math.sin(delta) * math.cos(theta))))
+    dlam = math.atan2(math.sin(theta) * math.sin(delta) * math.cos(phi1),
+                      math.cos(delta) - math.sin(phi1) * math.sin(phi2))
+    return math.degrees(phi2), (lon + math.degrees(dlam) + 180) % 360 - 180
 
 
 def compass(bearing: float) -> str:

@@ -176,11 +176,30 @@ def test_the_bearing_from_a_pin_to_a_place_reads_as_a_compass_point(dlat, dlon, 
     assert compass(got) == point
 
 
-@pytest.mark.parametrize("metres,bearing", [(150, 45), (320, 200), (5, 359), (1200, 90)])
-def test_moving_a_point_is_undone_by_distance_and_bearing(metres, bearing):
+@pytest.mark.parametrize("metres,bearing", [(150, 45), (320, 200), (5, 359), (1200, 90), (3_000_000, 120),
+                                            (15_000_000, 300), (19_000_000, 10)])
+def test_moving_a_point_is_undone_by_distance_and_bearing_at_any_scale(metres, bearing):
     lat, lon = moved(-33.8568, 151.2153, metres, bearing)
-    assert distance_m(-33.8568, 151.2153, lat, lon) == pytest.approx(metres, rel=1e-3)
-    assert bearing_deg(-33.8568, 151.2153, lat, lon) == pytest.approx(bearing, abs=0.1)
+    assert -180 <= lon < 180
+    assert distance_m(-33.8568, 151.2153, lat, lon) == pytest.approx(metres, rel=1e-6)
+    assert bearing_deg(-33.8568, 151.2153, lat, lon) == pytest.approx(bearing, abs=1e-6)
+
+
+def test_distances_are_great_circle_at_every_scale():
+    # Sydney to New York along the great circle: about 15,990 km (a flat plane said 26,000+).
+    assert distance_m(-33.8688, 151.2093, 40.7128, -74.0060) / 1000 == pytest.approx(15_990, abs=15)
+    # The Empire State Building to Barrenjoey Lighthouse, the nearest place the shipped model knows.
+    assert distance_m(40.7484, -73.9857, -33.5802, 151.3297) / 1000 == pytest.approx(15_967, abs=5)
+    # A quarter of the equator, and nothing on Earth further apart than half the circumference.
+    assert distance_m(0, 0, 0, 90) == pytest.approx(10_007_543, rel=1e-6)
+    assert distance_m(0, 0, 0, 180) == distance_m(90, 0, -90, 0) == pytest.approx(20_015_087, rel=1e-6)
+
+
+def test_distances_wrap_across_the_antimeridian():
+    # 0.02 degrees of longitude at 16.8 S either side of 180: about 2.1 km, not 40,000.
+    assert distance_m(-16.8, 179.99, -16.8, -179.99) == pytest.approx(2129, abs=2)
+    assert distance_m(-16.8, 179.99, -16.8, -179.99) == distance_m(-16.8, -179.99, -16.8, 179.99)
+    assert distance_m(10, 540, 10, 180) == pytest.approx(0, abs=1e-6)
 
 
 def test_compass_points_split_the_circle_at_the_half_way_bearings():
@@ -189,4 +208,6 @@ def test_compass_points_split_the_circle_at_the_half_way_bearings():
 
 
 def test_the_bearing_takes_the_short_way_across_the_antimeridian():
-    assert bearing_deg(-16.8, 179.99, -16.8, -179.99) == pytest.approx(90)
+    # East, give or take the great circle's bow towards the pole (0.003 degrees over 2 km).
+    assert bearing_deg(-16.8, 179.99, -16.8, -179.99) == pytest.approx(90, abs=0.01)
+    assert bearing_deg(-16.8, -179.99, -16.8, 179.99) == pytest.approx(270, abs=0.01)
