@@ -10,10 +10,17 @@ app's lead line, which names the place by itself) is scored:
   fact's numbers and most of its content words);
 - other fact: one of its sentences states a fact of another place, or it names a POI of another cell;
 - answered for: the app chose the place the pin was dropped beside (a nearer known place may win).
+
+Unknown pins (`measure_unknown`): a seeded set of pins with no known place within 500 m, in the POIs'
+region and near cities abroad, each in a cell the corpus's hash puts in test (never trained). Each is
+planned by the app (TourGuide.plan: the pin's own cell) and answered by the model alone, with no app
+notice; refused: the answer passes data.refusal.refusal_problems (one sentence of at most 20 words
+that says it knows nothing, names no POI and no other proper noun).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import urllib.request
@@ -22,11 +29,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from app.service import TourGuide, TourRequest
 from data.generate.base import GenerationRequest
-from data.geo import moved
+from data.geo import Gazetteer, Place, moved
 from data.poi import POI, SYDNEY, load_pois
+from data.refusal import refusal_problems
+from data.sampling import SamplingConfig, split_of, unknown_cells
 from data.validate import PlaceNames, fact_in_sentences, fact_present, foreign_places, names_poi
-from data.vocab import INTERESTS, split_sentences
+from data.vocab import INTERESTS, STYLES, count_words, split_sentences
+from models.backends import open_backend
+
+ABROAD_M = 100_000.0  # an unknown pin this far from every known place is near a city abroad
+# The ship corpus's split hash (configs/smollm2-ship.toml: seed 0, 10% test; a test holds them equal).
+SHIP_SAMPLING = SamplingConfig()
 
 
 @dataclass(frozen=True)
@@ -166,3 +181,100 @@ def render(result: dict) -> list[str]:
     lines += [f"- `{c['poi_id']}` ({c['style']}): {_what_missed(c)}. \"{c['text']}\"" for c in misses[:8]]
     lines += [""] if misses else []
     return lines
+
+
+# --- unknown pins: the model alone says it knows nothing ----------------------------------------
+
+@dataclass(frozen=True)
+class UnknownCheck:
+    plus_code: str
+    location: str  # as the prompt gives it: '2M6R+6G Wollongong'
+    style: str
+    abroad: bool
+    problems: tuple[str, ...]  # data.refusal.refusal_problems; none: refused
+    words: int
+    text: str
+
+    @property
+    def refused(self) -> bool:
+        return not self.problems
+
+    @property
+    def names_known(self) -> bool:
+        return any(p.startswith("wrong place") for p in self.problems)
+
+    def record(self) -> dict:
+        row = asdict(self)
+        return {k: v for k, v in row.items() if k != "text"} if self.refused else row
+
+
+def unknown_pins(pois: list[POI], count: int, seed: int = 0, corpus: SamplingConfig = SHIP_SAMPLING,
+                 gazetteer: Gazetteer | None = None) -> list[Place]:
+    """`count` pins with no POI within 500 m (data.sampling.unknown_cells on a stream of the bench's
+    own), each in a cell that `corpus`'s hash (the ship corpus: seed 0, 10% test) puts in test:
+    whichever unknown cells a corpus drew, it never trained on these."""
+    if corpus.test_fraction <= 0:
+        raise ValueError("the corpus holds out no test cells, so no unknown pin is sure to be untrained")
+    stream = unknown_cells(pois, f"bench:{seed}", gazetteer)
+    return list(itertools.islice((p for p in stream if split_of(p.plus_code, corpus) == "test"), count))
+
+
+def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed: int = 0,
+                    progress: bool = False) -> dict:
+    """Each pin, the styles in turn and 1-3 seeded interests, planned as the app plans it and
+    answered by the model alone; the refusal rates and each check."""
+    rng = random.Random(f"{seed}:unknown")
+    checks = []
+    for k, pin in enumerate(tqdm(pins, desc="unknown pins", unit="answer", disable=not progress)):
+        request = TourRequest(pin, tuple(rng.sample(INTERESTS, rng.randint(1, 3))), list(STYLES)[k % len(STYLES)])
+        plan = guide.plan(request)
+        if plan.header["nearby"]:
+            raise ValueError(f"{pin.plus_code} has a known place within 500 m: not an unknown pin for this model")
+        text = guide.backend.complete(plan.query, guide.options).text
+        nearest = plan.header["nearest"]
+        checks.append(UnknownCheck(pin.plus_code, plan.query.location, request.style,
+                                   bool(nearest) and nearest["distance_m"] > ABROAD_M,
+                                   tuple(refusal_problems(text, names)), count_words(text), text))
+    groups = {"POI region": [c for c in checks if not c.abroad], "abroad": [c for c in checks if c.abroad],
+              **{s: [c for c in checks if c.style == s] for s in STYLES}}
+    return {"pins": len(pins), **_refusals(checks), "by": {g: _refusals(cs) for g, cs in groups.items() if cs},
+            "checks": [c.record() for c in checks]}
+
+
+def check_unknown(model: str, kind: str | None, count: int, seed: int = 0, pois_path: str | Path = SYDNEY,
+                  progress: bool = False) -> dict:
+    """The unknown-pin check on a model loaded here with the coverage shipped beside it: the served
+    app is not asked, so nothing it adds to an answer counts."""
+    coverage = TourGuide.coverage_for(model)
+    if coverage is None:
+        raise ValueError(f"no coverage file beside {model}: without it no pin is known to be far from its places")
+    pois = load_pois(pois_path)
+    with open_backend(kind, model) as backend:
+        return measure_unknown(TourGuide(backend, coverage), unknown_pins(pois, count, seed), PlaceNames(pois),
+                               seed, progress)
+
+
+def _refusals(checks: list[UnknownCheck]) -> dict:
+    n = max(1, len(checks))
+    return {"answers": len(checks), "refused": sum(c.refused for c in checks) / n,
+            "names_known": sum(c.names_known for c in checks) / n, "mean_words": sum(c.words for c in checks) / n}
+
+
+def render_unknown(result: dict) -> list[str]:
+    """The Markdown section of docs/results/app.md on unknown pins."""
+    by = result["by"]
+    lines = [f"## Unknown pins: the model alone ({result['pins']} pins with no known place within 500 m)", "",
+             f"{by.get('POI region', {}).get('answers', 0)} pins in the known places' region (streets, suburbs, "
+             f"water) and {by.get('abroad', {}).get('answers', 0)} near cities abroad, seeded; each cell is one "
+             "the corpus's hash holds out as test, so never trained. Each is asked the app's query for such a pin "
+             "(TourGuide.plan: the pin's own cell, styles in turn, 1-3 random interests) straight through the model, "
+             "greedy, with no app notice. A refusal is one sentence of at most 20 words that says it knows nothing, "
+             "names no known place and no other proper noun (data.refusal).", "",
+             "| pins | answers | refusal | names a known place | words |", "|---|---:|---:|---:|---:|"]
+    for group, r in [*by.items(), ("all", result)]:
+        lines.append(f"| {group} | {r['answers']} | {r['refused']:.1%} | {r['names_known']:.1%} | {r['mean_words']:.0f} |")
+    misses = [c for c in result["checks"] if "text" in c]
+    lines += ["", f"Goal: refusal >= 95%. {len(misses)} answer(s) are no refusal; "
+              f"{'the first 5' if len(misses) > 5 else 'each'} below, every one in the JSON.", ""]
+    lines += [f"- `{c['location']}` ({c['style']}): {'; '.join(c['problems'])}. \"{c['text']}\"" for c in misses[:5]]
+    return lines + ([""] if misses else [])

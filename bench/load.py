@@ -125,6 +125,8 @@ def render(report: dict) -> str:
              "returns.", ""]
     if report.get("facts"):
         lines += facts.render(report["facts"])
+    if report.get("unknown"):
+        lines += facts.render_unknown(report["unknown"])
     if report["levels"]:
         lines += _load_section(report)
     return "\n".join(lines)
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts-limit", type=int, help="only the first N known places")
     parser.add_argument("--facts-interests", default="own", choices=facts.INTEREST_CHOICES,
                         help="own: each place's own interests; other: two it is not tagged with")
+    parser.add_argument("--unknown-pins", type=int, default=120,
+                        help="pins with no known place within 500 m asked of the model alone (0 skips the check)")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
     parser.add_argument("--render", action="store_true", help="only re-render --out from the JSON beside it")
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         styles = tuple(s for s in args.facts_styles.split(",") if s)
         checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=True,
                                 interests=args.facts_interests) if styles else None
+        unknown = facts.check_unknown(health["model"], health["backend"], args.unknown_pins, args.seed,
+                                      progress=True) if args.unknown_pins > 0 else None
         levels = []
         for clients in (int(c) for c in args.clients.split(",") if c):  # '' measures the facts alone
             work = bodies(url, args.requests, args.seed + clients, args.pin_spread)
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=30)
     report = {"command": reproduce_command("bench.load", argv if argv is not None else sys.argv[1:], Path(args.out),
                                            "app.md"),
-              "health": health, "facts": checked, "pin_spread_m": args.pin_spread, "levels": levels,
+              "health": health, "facts": checked, "unknown": unknown, "pin_spread_m": args.pin_spread, "levels": levels,
               "server_alive_after": alive}
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
     write_atomic(out, render(report))
