@@ -125,15 +125,17 @@ def test_load_bench_counts_every_request_and_no_errors(tmp_path):
 
     out = tmp_path / "app.md"
     assert bench_load(["--clients", "1,3", "--requests", "6", "--facts-styles", "brief,detailed", "--facts-limit", "3",
-                       "--out", str(out)]) == 0
+                       "--unknown-pins", "3", "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert [(r["clients"], r["requests"], r["errors"]) for r in report["levels"]] == [(1, 6, 0), (3, 6, 0)]
     assert report["server_alive_after"] and 0 < report["levels"][0]["p50_s"] <= report["levels"][0]["max_s"]
     checked = report["facts"]
     assert checked["places"] == 3 and checked["answers"] == 6 and set(checked["by_style"]) == {"brief", "detailed"}
     assert checked["answered_beside"] == 1.0  # pins on the places themselves
+    assert report["unknown"]["answers"] == 3  # the model alone, on pins with no known place near
     text = out.read_text()
     assert "| 3 | 6 | 0 |" in text and "## Right facts, right place (3 known places x 2 styles" in text
+    assert "## Unknown pins: the model alone (3 pins" in text
     out.write_text("")
     assert bench_load(["--render", "--out", str(out)]) == 0 and out.read_text() == text  # from its JSON alone
 
@@ -143,9 +145,10 @@ def test_the_facts_check_alone_asks_with_interests_the_place_is_not_tagged_with(
 
     out = tmp_path / "app-other.md"
     assert bench_load(["--clients", "", "--facts-styles", "brief", "--facts-limit", "2", "--facts-interests", "other",
-                       "--out", str(out)]) == 0
+                       "--unknown-pins", "0", "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["levels"] == [] and report["facts"]["interests"] == "other" and report["facts"]["answers"] == 2
+    assert report["unknown"] is None
     text = out.read_text()
     assert "Asked with two interests the place is not tagged with." in text and "## Under load" not in text
 
