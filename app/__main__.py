@@ -8,7 +8,9 @@ models/tour-guide.gguf (the compressed SmolLM2 student), through llama.cpp: no n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -17,9 +19,10 @@ from pathlib import Path
 import uvicorn
 from gradio.networking import setup_tunnel
 
+from app.jobs import ServingConfig
 from app.page import Guides
 from app.server import create_app
-from core.cli import fail
+from core.cli import add_config_flags, config_from_args, fail
 from models.backends import KINDS, BackendError, detect_kind
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tour-guide.gguf"
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also a public gradio.live link (needs internet)")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="llamacpp backend: contexts (answers at once); default: one per free core")
+    add_config_flags(parser, ServingConfig)
     return parser
 
 
@@ -50,21 +56,44 @@ def guides_from(args):
             options["device"] = args.device
         if kind == "openai" and args.base_url:
             options["base_url"] = args.base_url
+        if kind == "llamacpp" and args.parallel:
+            options["parallel"] = args.parallel
         offered[f"{Path(model).name} ({kind})"] = (kind, model, options)
-    return Guides(offered)
+    return Guides(offered, serving=config_from_args(ServingConfig, args))
+
+
+class Server(uvicorn.Server):
+    """uvicorn, but SIGTERM and Ctrl-C first end the answers in flight: uvicorn alone waits for
+    every open connection, and a stream runs until its answer ends."""
+
+    def __init__(self, config: uvicorn.Config, guides: Guides):
+        super().__init__(config)
+        self.guides = guides
+
+    def handle_exit(self, sig, frame) -> None:
+        # In a signal handler: take no lock here, let a thread do it.
+        threading.Thread(target=self.guides.shutdown, daemon=True).start()
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        app = create_app(guides_from(args), tiles=args.tiles)
-    except (BackendError, FileNotFoundError) as exc:
+        guides = guides_from(args)
+        app = create_app(guides, tiles=args.tiles)
+    except (BackendError, FileNotFoundError, ValueError) as exc:
         return fail(exc)
     print(f"Offline Tour Guide on http://{args.host}:{args.port}/", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   timeout_graceful_shutdown=guides.serving.shutdown_grace_s), guides)
     if args.share:
         threading.Thread(target=share, args=(server, args.port), daemon=True).start()
-    server.run()
+    # uvicorn raises the signal again once it has shut down (for an outer handler); here nobody is
+    # outside, so a SIGTERM that was answered is a clean exit, not death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, once uvicorn has shut down
+        server.run()
+    print("Offline Tour Guide stopped", flush=True)
     return 0
 
 

@@ -21,21 +21,32 @@ not backed by facts, naming `nearest` and its distance. A model without a covera
 
 Bad input is a 422 whose body names the field ({"error": "style: unknown style ...", "field":
 "style"}), a `poi_id` that is not around the pin included; a body over 16 KB is refused before it
-is parsed. Whatever a backend raises becomes a 500 (or an `error` event mid-stream); the server
-keeps serving.
+is parsed, one that takes longer than `body_timeout_s` to arrive gets 408. Whatever a backend
+raises becomes a 500 (or an `error` event mid-stream); the server keeps serving.
+
+Sharing the model (app.jobs.ServingConfig): a request waits for a free llama.cpp context at most
+`queue_wait_s`, behind at most `max_queue` others, else 503 with Retry-After (before any byte of
+the answer); every answer ends by `answer_deadline_s`; a client that disconnects, from the stream
+or from a plain POST, ends its answer within a token and gives its context back. /health says
+`ok`, `degraded` (a context held longer than any answer can take) or `stopping`, with the contexts
+free and busy, the queue, and the age of the oldest request in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
+from app.jobs import Job
 from app.service import Plan, RequestError, TourGuide, TourRequest
+from models.backends.pool import Busy
 
 MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("tour-guide")
@@ -45,7 +56,7 @@ def _reject(field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}", "field": field, "message": message}, status_code=422)
 
 
-async def _read_plan(request: Request, guide: TourGuide) -> Plan | JSONResponse:
+async def _read_body(request: Request) -> bytes | JSONResponse:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return _reject("body", f"over {MAX_BODY_BYTES // 1024} KB")
@@ -54,6 +65,19 @@ async def _read_plan(request: Request, guide: TourGuide) -> Plan | JSONResponse:
         raw += part
         if len(raw) > MAX_BODY_BYTES:
             return _reject("body", f"over {MAX_BODY_BYTES // 1024} KB")
+    return raw
+
+
+async def _read_plan(request: Request, guide: TourGuide) -> Plan | Response:
+    try:  # a client trickling its body holds no context, but it must not hold a connection for ever
+        raw = await asyncio.wait_for(_read_body(request), guide.serving.body_timeout_s)
+    except TimeoutError:
+        return JSONResponse({"error": f"body: not received within {guide.serving.body_timeout_s:g} s",
+                             "field": "body"}, status_code=408)
+    except ClientDisconnect:
+        return Response(status_code=499)  # gone before its question was complete
+    if isinstance(raw, Response):
+        return raw
     try:
         # Python's json reads NaN and Infinity; they are refused by field below, not as bad JSON.
         body = json.loads(raw or b"null")
@@ -67,6 +91,52 @@ async def _read_plan(request: Request, guide: TourGuide) -> Plan | JSONResponse:
 
 def _sse(event: str, payload: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(payload, allow_nan=False)}\n\n".encode()
+
+
+def _busy(exc: Busy) -> JSONResponse:
+    return JSONResponse({"error": f"busy: {exc}", "retry_after_s": exc.retry_after_s}, status_code=503,
+                        headers={"retry-after": str(exc.retry_after_s)})
+
+
+async def _start(guide: TourGuide, plan: Plan) -> Job | JSONResponse:
+    """The answer begun in a context of its own, or 503 while no byte of it has been sent."""
+    try:
+        return await run_in_threadpool(guide.start, plan)  # waits at most serving.queue_wait_s
+    except Busy as exc:
+        return _busy(exc)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _final(job: Job) -> tuple[str, dict]:
+    async for kind, payload in job.aevents():
+        if kind in ("done", "error"):
+            return kind, payload
+    return "error", {"error": "the stream ended without an answer"}
+
+
+class JobStream(StreamingResponse):
+    """Server-sent events of a job. However the response ends (the last event, a client that left,
+    a server that stops), the job is told: an answer nobody reads stops within a token."""
+
+    def __init__(self, job: Job):
+        async def events():
+            async for kind, payload in job.aevents():
+                yield _sse(kind, _clean(payload))
+
+        super().__init__(events(), media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
 
 
 def _clean(payload):
@@ -86,36 +156,39 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", **guide.backend.describe(),
+        return {**guide.health(), **guide.backend.describe(),
                 "coverage": len(guide.coverage.places) if guide.coverage else None}
 
     @app.post("/tour-guide")
     async def tour_guide(request: Request):
         plan = await _read_plan(request, guide)
-        if isinstance(plan, JSONResponse):
+        if isinstance(plan, Response):
             return plan
+        job = await _start(guide, plan)
+        if isinstance(job, JSONResponse):
+            return job
+        answer, gone = asyncio.ensure_future(_final(job)), asyncio.ensure_future(_until_disconnect(request))
         try:
-            answer = await run_in_threadpool(guide.answer, plan)
-        except Exception as exc:  # a backend failure must not take the server down
-            log.exception("generation failed")
-            return JSONResponse({"error": f"generation failed: {exc}"}, status_code=500)
-        return JSONResponse(_clean(answer))
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not answer.done():  # the client left (or the server stops): end the answer now
+                job.cancel()
+                answer.cancel()
+        if not answer.done() or answer.cancelled():
+            return Response(status_code=499)  # nobody is there to read it
+        kind, payload = answer.result()
+        if kind == "error":
+            log.error("generation failed: %s", payload["error"])
+            return JSONResponse(payload, status_code=500)
+        return JSONResponse(_clean(payload))
 
     @app.post("/tour-guide/stream")
     async def tour_guide_stream(request: Request):
         plan = await _read_plan(request, guide)
-        if isinstance(plan, JSONResponse):
+        if isinstance(plan, Response):
             return plan
-
-        def events():
-            try:
-                for kind, payload in guide.stream(plan):
-                    yield _sse(kind, _clean(payload))
-            except Exception as exc:
-                log.exception("generation failed mid-stream")
-                yield _sse("error", {"error": f"generation failed: {exc}"})
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        job = await _start(guide, plan)
+        return job if isinstance(job, JSONResponse) else JobStream(job)
 
     return app

@@ -18,10 +18,12 @@ from pathlib import Path
 import gradio as gr
 
 from app.coverage import AROUND_M
+from app.jobs import ServingConfig
 from app.service import RequestError, TourGuide, TourRequest, parse_place
 from data.vocab import INTERESTS, STYLES
 from models.backends import BackendError, GenerationOptions, open_backend
 from models.backends.base import current_rss
+from models.backends.pool import Busy
 
 WEB = Path(__file__).resolve().parent / "web"
 LIB = WEB / "node_modules"
@@ -47,6 +49,7 @@ class Guides:
     """The models the page offers, loaded on first use and kept."""
 
     models: dict[str, tuple[str | None, str, dict]]  # label -> (backend kind, model, options)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     loaded: dict[str, TourGuide] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,8 +57,16 @@ class Guides:
         with self.lock:
             if label not in self.loaded:
                 kind, model, options = self.models[label]
-                self.loaded[label] = TourGuide(open_backend(kind, model, **options), TourGuide.coverage_for(model))
+                self.loaded[label] = TourGuide(open_backend(kind, model, **options), TourGuide.coverage_for(model),
+                                               serving=self.serving)
             return self.loaded[label]
+
+    def shutdown(self) -> None:
+        """Every loaded model stops answering: new requests get 503, answers in flight end."""
+        with self.lock:
+            guides = list(self.loaded.values())
+        for guide in guides:
+            guide.shutdown()
 
     @property
     def default(self) -> str:
@@ -126,13 +137,22 @@ def generate(guides: Guides, location, interests, style, label, poi_id, temperat
         raise gr.Error(f"{exc.field}: {exc.message}") from None
     except (ValueError, BackendError) as exc:
         raise gr.Error(str(exc)) from None
+    try:
+        job = guide.start(plan, options)
+    except Busy as exc:
+        raise gr.Error(f"The guide is busy: {exc}. Try again in {exc.retry_after_s} s.") from None
     text = ""
-    for kind, payload in guide.stream(plan, options):
-        if kind == "token":
-            text += payload["text"]
-            yield describe_markdown(plan.header, text), "generating…"
-        elif kind == "done":
-            yield describe_markdown(plan.header, payload["description"]), stats_markdown(payload["timings"])
+    try:  # a visitor who closes the tab drops this generator: its answer ends here, within a token
+        for kind, payload in job.events():
+            if kind == "token":
+                text += payload["text"]
+                yield describe_markdown(plan.header, text), "generating…"
+            elif kind == "done":
+                yield describe_markdown(plan.header, payload["description"]), stats_markdown(payload["timings"])
+            elif kind == "error":
+                raise gr.Error(payload["error"])
+    finally:
+        job.cancel()
 
 
 def build_page(guides: Guides) -> gr.Blocks:

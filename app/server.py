@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from app.api import create_api
 from app.basemap import OUT as BASEMAP
 from app.page import CSS, HEAD, LIB, WEB, Guides, build_page, theme
+from data.geo import Gazetteer
 
 SYDNEY = (-33.8688, 151.2093)
 
@@ -20,6 +21,9 @@ def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, fl
     if not (LIB / "leaflet" / "dist" / "leaflet.js").is_file():
         raise FileNotFoundError(f"no Leaflet under {LIB}: run `npm install --prefix app/web` (the set-up command does)")
     guide = guides.get(guides.default)  # the API answers with the default model; load it before serving
+    # Requests are parsed on the event loop: load the gazetteer now, or the first one stalls every
+    # client for the seconds its parse takes.
+    Gazetteer.default()
     app = create_api(guide)
 
     @app.get("/coverage")

@@ -7,15 +7,19 @@ model learnt is near."""
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.coverage import AROUND_M, Coverage, Nearby
+from app.jobs import Job, ServingConfig
 from data.geo import GeoError, Place, check_coordinates, encode, parse
 from data.prompt import TourQuery
 from data.vocab import check_interests, check_style
 from models.backends import Backend, GenerationOptions
+from models.backends.pool import Busy, Lease
 
 
 class RequestError(ValueError):
@@ -128,13 +132,19 @@ class Plan:
 
 
 class TourGuide:
-    """One loaded backend and what the model covers."""
+    """One loaded backend, what the model covers, and the answers in flight."""
 
     def __init__(self, backend: Backend, coverage: Coverage | None = None,
-                 options: GenerationOptions = GenerationOptions()):
+                 options: GenerationOptions = GenerationOptions(), serving: ServingConfig = ServingConfig()):
         self.backend = backend
         self.coverage = coverage
+        self.serving = serving
         self.options = options
+        backend.pool.max_waiting = serving.max_queue
+        self._jobs: set[Job] = set()
+        self._jobs_lock = threading.Lock()
+        self.outcomes: Counter[str] = Counter()  # answers ended, by how: stop, length, time, cancelled, error
+        self.stopping = False
 
     @classmethod
     def coverage_for(cls, model: str) -> Coverage | None:
@@ -188,12 +198,19 @@ class TourGuide:
         return Plan(header, TourQuery(chosen["plus_code"], chosen["short_code"], chosen["locality"],
                                       request.interests, request.style))
 
-    def stream(self, plan: Plan, options: GenerationOptions | None = None) -> Iterator[tuple[str, dict]]:
-        """("place", header), then ("token", {"text"}) per piece, then ("done", full answer)."""
+    def _options(self, options: GenerationOptions | None) -> GenerationOptions:
+        """Every answer has a deadline beside max_tokens, unless the caller set its own."""
+        options = options or self.options
+        return options if options.max_seconds else replace(options, max_seconds=self.serving.answer_deadline_s)
+
+    def stream(self, plan: Plan, options: GenerationOptions | None = None, cancel: threading.Event | None = None,
+               lease: Lease | None = None) -> Iterator[tuple[str, dict]]:
+        """("place", header), then ("token", {"text"}) per piece, then ("done", full answer). Runs in
+        the caller's thread at the caller's pace: a server uses `start` instead."""
         yield "place", plan.header
         text = []
         stats = None
-        for chunk in self.backend.stream(plan.query, options or self.options):
+        for chunk in self.backend.stream(plan.query, self._options(options), cancel, lease):
             if chunk.text:
                 text.append(chunk.text)
                 yield "token", {"text": chunk.text}
@@ -201,8 +218,51 @@ class TourGuide:
         yield "done", {**plan.header, "description": "".join(text).strip(),
                        "timings": stats.to_dict() if stats else None}
 
+    def start(self, plan: Plan, options: GenerationOptions | None = None) -> Job:
+        """The answer, begun in a slot of its own in a thread of its own (see app.jobs). Waits up to
+        `serving.queue_wait_s` for a slot, behind at most `serving.max_queue` others; `Busy` else."""
+        if self.stopping:
+            raise Busy("the server is shutting down", 1)
+        lease = self.backend.pool.acquire(self.serving.queue_wait_s)
+        job = Job(lambda cancel: self.stream(plan, options, cancel, lease), lease, self._forget)
+        with self._jobs_lock:
+            self._jobs.add(job)
+        return job.start()
+
+    def _forget(self, job: Job) -> None:
+        with self._jobs_lock:
+            self._jobs.discard(job)
+            self.outcomes[job.outcome or "error"] += 1
+
     def answer(self, plan: Plan, options: GenerationOptions | None = None) -> dict:
-        for kind, payload in self.stream(plan, options):
+        """The whole answer (for callers that do not stream); a backend failure raises."""
+        for kind, payload in self.start(plan, options).events():
             if kind == "done":
                 return payload
+            if kind == "error":
+                raise RuntimeError(payload["error"])
         raise RuntimeError("the stream ended without an answer")
+
+    def health(self) -> dict:
+        """What /health says: the slots (free, busy, waiting), the oldest answer in flight, and
+        `degraded` when a slot has been held longer than any answer can take (it was lost)."""
+        pool = self.backend.pool.stats()
+        with self._jobs_lock:
+            oldest = max((job.age_s for job in self._jobs), default=None)
+            outcomes = dict(self.outcomes)
+        lost = pool.oldest_held_s is not None and pool.oldest_held_s > self.serving.stale_after_s
+        status = "stopping" if self.stopping else "degraded" if lost else "ok"
+        return {"status": status, "contexts": {"total": pool.total, "free": pool.free, "busy": pool.busy},
+                "queue": pool.waiting, "in_flight": pool.busy,
+                "oldest_request_s": None if oldest is None else round(oldest, 2), "answers": outcomes,
+                "oldest_context_held_s": pool.to_json()["oldest_held_s"],
+                "answer_deadline_s": self.serving.answer_deadline_s, "stale_after_s": self.serving.stale_after_s}
+
+    def shutdown(self) -> None:
+        """Refuse new answers (503), wake every waiter, and end the answers in flight within a token."""
+        self.stopping = True
+        self.backend.pool.close()
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from data.prompt import TourQuery, build_messages
+from models.backends.pool import Lease, Pool
 
 Messages = list[dict[str, str]]
 
@@ -35,6 +36,9 @@ class GenerationOptions:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int = 0
+    # Wall time an answer may take beside max_tokens (None: no limit): a stalled or slowed machine
+    # still gives its slot back.
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
@@ -43,6 +47,8 @@ class GenerationOptions:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 1 <= self.max_tokens <= 32768:
             raise ValueError(f"max_tokens must be in [1, 32768], got {self.max_tokens}")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
     @property
@@ -60,7 +66,9 @@ class GenerationStats:
     tokens_per_s: float | None = None
     peak_rss_bytes: int = 0
     peak_accelerator_bytes: int | None = None
-    finish_reason: str = "length"  # "stop" (end of turn or a stop string) or "length"
+    # "stop" (end of turn or a stop string), "length" (max_tokens), "time" (max_seconds) or
+    # "cancelled" (the caller's cancel event: a visitor who left)
+    finish_reason: str = "length"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +94,10 @@ class Answer:
 @dataclass
 class Pieces:
     """What a backend's `_generate` fills in while it yields: the prompt's length, and whether
-    the model ended its turn (rather than running into max_tokens)."""
+    the model ended its turn (rather than running into max_tokens). `slot` is the pool item the
+    request holds (a llama.cpp context), set before `_generate` is called."""
 
+    slot: object = None
     prompt_tokens: int | None = None
     ended: bool = False
     completion_tokens: int | None = None  # when pieces are not one per token (a server's deltas)
@@ -173,12 +183,18 @@ class StopMatcher:
 
 
 class Backend(ABC):
-    """One loaded model that streams answers. Subclasses implement `_generate`."""
+    """One loaded model that streams answers. Subclasses implement `_generate`.
+
+    `pool` holds the slots answers run in: one by default (a torch or ONNX model answers one
+    request at a time), a llama.cpp backend's contexts. A caller that must know it has a slot
+    before it answers anything (a server, to say 503 rather than hang) leases one and passes it
+    to `stream`; otherwise `stream` waits for one itself."""
 
     kind: str = "?"
 
     def __init__(self, model: str):
         self.model = model
+        self.pool: Pool = Pool([None])
 
     @abstractmethod
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
@@ -204,14 +220,30 @@ class Backend(ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def stream(self, prompt: TourQuery | Messages, options: GenerationOptions = GenerationOptions()) -> Iterator[Chunk]:
+    def stream(self, prompt: TourQuery | Messages, options: GenerationOptions = GenerationOptions(),
+               cancel: threading.Event | None = None, lease: Lease | None = None) -> Iterator[Chunk]:
+        """The answer piece by piece; the last chunk carries the stats. Stops early, between
+        tokens, when `cancel` is set or `options.max_seconds` has passed. With `lease` it answers
+        in that slot (the caller gives it back); without, it waits for a slot and gives it back."""
+        owned = lease is None
+        lease = self.pool.acquire() if owned else lease
+        try:
+            yield from self._stream_in(lease.item, prompt, options, cancel)
+        finally:
+            if owned:
+                lease.release()
+
+    def _stream_in(self, slot, prompt: TourQuery | Messages, options: GenerationOptions,
+                   cancel: threading.Event | None) -> Iterator[Chunk]:
         messages = build_messages(prompt) if isinstance(prompt, TourQuery) else prompt
         stats = GenerationStats()
-        state = Pieces()
+        state = Pieces(slot=slot)
         stopper = StopMatcher(options.stop)
         self.reset_accelerator_peak()
         start = time.perf_counter()
+        deadline = start + options.max_seconds if options.max_seconds else math.inf
         first = None
+        cut = None  # why the answer was cut short from outside: "time" or "cancelled"
         with MemorySampler() as memory:
             pieces = self._generate(messages, options, state)
             try:
@@ -225,9 +257,15 @@ class Backend(ABC):
                         yield Chunk(text)
                     if stopper.stopped:
                         break
+                    if cancel is not None and cancel.is_set():
+                        cut = "cancelled"
+                        break
+                    if time.perf_counter() > deadline:
+                        cut = "time"
+                        break
             finally:
                 pieces.close()  # a backend holding a lock or a server stream lets go here
-        tail = "" if stopper.stopped else stopper.flush()
+        tail = "" if stopper.stopped or cut else stopper.flush()
         end = time.perf_counter()
         stats.prompt_tokens = state.prompt_tokens
         if state.completion_tokens is not None:
@@ -237,7 +275,7 @@ class Backend(ABC):
             stats.tokens_per_s = (stats.completion_tokens - 1) / (end - first)
         stats.peak_rss_bytes = memory.peak
         stats.peak_accelerator_bytes = self.accelerator_peak()
-        stats.finish_reason = "stop" if (state.ended or stopper.stopped) else "length"
+        stats.finish_reason = cut or ("stop" if (state.ended or stopper.stopped) else "length")
         yield Chunk(tail, stats)
 
     def complete(self, prompt: TourQuery | Messages, options: GenerationOptions = GenerationOptions()) -> Answer:

@@ -1,14 +1,13 @@
 """GGUF models through llama.cpp (llama-cpp-python): the offline laptop and phone runtime.
 
 llama.cpp's `Llama` object is not thread-safe (one KV cache, one sampler), so a backend holds a
-pool of them: each stream takes a free context for its whole length, and a request waits only
-when every context is busy.
+pool of them (`Backend.pool`): each answer leases a free context for its whole length and gives it
+back however it ends, and a request waits only when every context is busy.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gguf import GGUFReader
 
 from data.prompt import render_template
 from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
+from models.backends.pool import Pool
 
 
 class LlamaCppBackend(Backend):
@@ -45,9 +45,7 @@ class LlamaCppBackend(Backend):
         self.llm = self.contexts[0]  # the model's metadata and vocabulary, alike in every context
         self.template = self.llm.metadata.get("tokenizer.chat_template")
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for context in self.contexts:
-            self._free.put(context)
+        self.pool = Pool(list(self.contexts))
 
     def _load(self, model: str, threads: int, gpu_layers: int) -> llama_cpp.Llama:
         try:
@@ -65,14 +63,8 @@ class LlamaCppBackend(Backend):
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
+        llm: llama_cpp.Llama = state.slot  # the context this request leased from the pool
         prompt = render_template(self.template, messages)
-        llm = self._free.get()
-        try:
-            yield from self._stream(llm, prompt, options, state)
-        finally:
-            self._free.put(llm)
-
-    def _stream(self, llm: llama_cpp.Llama, prompt: str, options: GenerationOptions, state: Pieces) -> Iterator[str]:
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         state.prompt_tokens = len(ids)
         if len(ids) + 1 > llm.n_ctx():
