@@ -39,7 +39,7 @@ from core.cli import add_config_flags, config_from_args, fail
 from data.poi import SYDNEY
 from models.generate import generate_batch
 from models.load import LoadOptions, ModelLoadError, decoder_layers, load_model
-from models.recall import Scorer, aggregate
+from models.recall import Scorer, about_places, aggregate
 
 REPORT_FILE = EVAL_REPORT_FILE
 # How the evaluation loads its models unless told otherwise: float32, so that metrics compare
@@ -172,7 +172,7 @@ class Evaluation:
         result = {"layers": len(decoder_layers(model)), "parameters": sum(p.numel() for p in model.parameters()),
                   "splits": {}}
         for split in self.config.splits:
-            rows = self.rows[split]
+            rows = about_places(self.rows[split])  # KL and perplexity over every row, facts where there are places
             forced = forced_metrics(model, self.teacher, self.sequences[split], self.config.batch_size)
             texts = generate_answers(model, tokenizer, rows, self.config, progress)
             scores = [self.scorer.score(t, r) for t, r in zip(texts, rows)]

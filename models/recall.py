@@ -68,9 +68,16 @@ def aggregate(scores: list[dict]) -> dict:
     }
 
 
+def about_places(rows: list[dict]) -> list[dict]:
+    """The rows that ask about a known place. A row for a cell with no place within 500 m has no
+    facts to recall (its answer is the refusal, which bench.facts measures)."""
+    return [r for r in rows if r["poi_ids"]]
+
+
 def fact_recall(model, tokenizer, rows: list[dict], scorer: Scorer, max_new_tokens: int, batch_size: int = 16,
                 examples: int = 3) -> dict:
-    """Greedy answers to `rows`, scored and aggregated, with the first few answers as examples."""
+    """Greedy answers to the rows about places, scored and aggregated, with the first few answers as examples."""
+    rows = about_places(rows)
     scores, shown = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
