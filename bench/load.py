@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import facts, reproduce_command
+from bench import chaos, facts, reproduce_command
 from core.artifacts import write_atomic
 from data.geo import moved
 from data.vocab import INTERESTS, STYLES
@@ -129,6 +129,8 @@ def render(report: dict) -> str:
         lines += facts.render_unknown(report["unknown"])
     if report["levels"]:
         lines += _load_section(report)
+    if report.get("chaos"):
+        lines += chaos.render(report["chaos"], report.get("chaos_baseline"))
     return "\n".join(lines)
 
 
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="own: each place's own interests; other: two it is not tagged with")
     parser.add_argument("--unknown-pins", type=int, default=120,
                         help="pins with no known place within 500 m asked of the model alone (0 skips the check)")
+    parser.add_argument("--chaos-seconds", type=float, default=0.0,
+                        help="run normal clients beside aborting ones for this long (0 skips), and as long alone before")
+    parser.add_argument("--chaos-normal", type=int, default=2, help="normal clients in the chaos run")
+    parser.add_argument("--chaos-aborting", type=int, default=6, help="aborting clients in the chaos run")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
     parser.add_argument("--render", action="store_true", help="only re-render --out from the JSON beside it")
@@ -196,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"p50 {level['p50_s'] * 1000:.0f} ms, p95 {level['p95_s'] * 1000:.0f} ms, "
                   f"{level['requests_per_s']:.1f} req/s", flush=True)
             levels.append(level)
+        storm = baseline = None
+        if args.chaos_seconds > 0:
+            work = bodies(url, 64, args.seed + 7, args.pin_spread)
+            baseline = chaos.run(url, work, args.chaos_normal, 0, args.chaos_seconds, args.seed)
+            storm = chaos.run(url, work, args.chaos_normal, args.chaos_aborting, args.chaos_seconds, args.seed)
+            print(f"chaos: {storm['aborts']} aborts, normal p95 {storm['p95_s'] * 1000:.0f} ms "
+                  f"(alone {baseline['p95_s'] * 1000:.0f} ms), {storm['refused_503']} x 503, {storm['errors']} errors, "
+                  f"{storm['contexts_leaked']} contexts leaked", flush=True)
         alive = proc.poll() is None
     finally:
         proc.terminate()
@@ -203,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": reproduce_command("bench.load", argv if argv is not None else sys.argv[1:], Path(args.out),
                                            "app.md"),
               "health": health, "facts": checked, "unknown": unknown, "pin_spread_m": args.pin_spread, "levels": levels,
-              "server_alive_after": alive}
+              "chaos": storm, "chaos_baseline": baseline, "server_alive_after": alive}
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2))
     write_atomic(out, render(report))
     print(f"wrote {out}")
-    return 0 if alive and not sum(level["errors"] for level in levels) else 1
+    leaked = storm["contexts_leaked"] + storm["errors"] if storm else 0
+    return 0 if alive and not leaked and not sum(level["errors"] for level in levels) else 1
 
 
 if __name__ == "__main__":
