@@ -6,10 +6,12 @@
 
 Writes to --out: train.jsonl, val.jsonl, test.jsonl (one sample a line: plus_code, short_code,
 locality, interests, style, poi_ids, messages — the chat prompt — and target), texts/{plus_code}.txt
-(every accepted description of a cell, for reading), rejects.jsonl (rejected texts and why), and
-snapshot.json (SHA-256 of every input file, prompt template and output, the settings and counts).
-LLM answers are cached on disk as they arrive: an interrupted run loses nothing and a rerun of the
-same build sends no request.
+(every accepted description of a cell, for reading), rejects.jsonl (every rejected try: its text,
+why, which try it was and whether it was the last), and snapshot.json (SHA-256 of every input file,
+prompt template and output, the settings and counts). A text must pass data.validate, the grounding
+check included (--grounding strict|lenient|off); an LLM writer gets a rejected text back with the
+reasons, up to --rewrites times. LLM answers, rewrites included, are cached on disk as they arrive:
+an interrupted run loses nothing and a rerun of the same build sends no request.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from tqdm import tqdm
 
 from core.artifacts import sha256_file, write_atomic
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
-from data.generate.base import GenerationError, GenerationRequest, GenerationResult
-from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, WriterOptions, make_generator
+from data.generate.base import GenerationRequest, GenerationResult
+from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, REVISING_BACKENDS, WriterOptions, make_generator
+from data.generate.rewrite import RewriteTally, write_checked
 from data.generate.template import __file__ as TEMPLATE_SOURCE
-from data.generate.writer_prompt import TEMPLATE_FILES
+from data.generate.writer_prompt import REWRITE_FILE, TEMPLATE_FILES
+from data.grounding import GROUNDING_MODES, check_mode
 from data.poi import POI, SYDNEY, POIError
 from data.poi.loaders import load_any
 from data.prompt import TourQuery, build_messages
@@ -80,6 +84,20 @@ class BuildConfig:
                                   metadata={"help": "writer models (anthropic, openai)", "fields": WRITER_HELP})
     limit: int | None = field(default=None, metadata={
         "help": "at most this many requests per split: a cheap trial of a paid backend"})
+    grounding: str = field(default="strict", metadata={
+        "help": "how numbers and names of a text are held to its request's facts (data.grounding): strict, "
+                "lenient (digits only; each word of a name somewhere in the facts) or off", "choices": GROUNDING_MODES})
+    rewrites: int = field(default=2, metadata={
+        "help": "times a rejected text goes back to its writer with the reasons (anthropic, openai)"})
+
+    def __post_init__(self) -> None:
+        check_mode(self.grounding)
+        if self.rewrites < 0:
+            raise ValueError(f"rewrites must be 0 or more, got {self.rewrites}")
+
+    def rounds_of_rewrites(self) -> int:
+        """Rewrites this build makes: a deterministic writer would only write the same text again."""
+        return self.rewrites if self.backend in REVISING_BACKENDS else 0
 
     def poi_files(self) -> tuple[Path, ...]:
         return tuple(Path(p) for p in self.pois) or (SYDNEY,)
@@ -118,12 +136,14 @@ def load_sources(paths: tuple[Path, ...]) -> list[POI]:
 
 def source_hashes(config: BuildConfig) -> dict[str, dict[str, str]]:
     """The contents a corpus is made from besides its config: the POI files, and the writer's
-    prompts and template code (a reworded template is a different corpus)."""
+    prompts and template code (a reworded template is a different corpus); the rewrite prompt when
+    the build sends rejected texts back."""
+    rewrite = (REWRITE_FILE,) if config.rounds_of_rewrites() else ()
     return {
         "inputs": {_display_path(p): sha256_file(p) for p in config.poi_files()},
         "prompt_templates": {
             str(Path(p).relative_to(Path(TEMPLATE_SOURCE).parents[2])): sha256_file(Path(p))
-            for p in (*TEMPLATE_FILES, Path(TEMPLATE_SOURCE))
+            for p in (*TEMPLATE_FILES, *rewrite, Path(TEMPLATE_SOURCE))
         },
     }
 
@@ -136,36 +156,12 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     requests = [(split, r) for split in SPLITS for r in by_split[split][: config.limit]]
 
     generator = make_generator(config.backend, config.writer)
-    names = PlaceNames(pois)
-    order = {id(r): k for k, (_, r) in enumerate(requests)}
-    accepted: dict[int, dict] = {}
-    rejects: list[dict] = []
-    reasons: Counter[str] = Counter()
-
-    bar = tqdm(total=len(requests), desc=f"writing ({config.backend})", unit="text", disable=not progress)
     try:
-        for request, outcome in generator.generate_many([r for _, r in requests], progress=bar.update):
-            k = order[id(request)]
-            if isinstance(outcome, GenerationError):
-                problems, text = [f"failed: {outcome}"], None
-            else:
-                text = outcome.text
-                problems = text_problems(text, request, names)
-            if problems:
-                reasons.update(p.split(":")[0] for p in problems)
-                rejects.append({"split": requests[k][0], "plus_code": request.plus_code,
-                                "poi_ids": request.poi_ids, "style": request.style,
-                                "interests": list(request.interests), "text": text,
-                                "reasons": problems, "order": k})
-            else:
-                accepted[k] = _row(request, outcome)
-    except KeyboardInterrupt:
-        bar.close()
-        raise SystemExit(
-            f"interrupted after {len(accepted) + len(rejects)} of {len(requests)} texts; "
-            "answers received so far are cached, rerun the same command to continue"
-        ) from None
-    bar.close()
+        accepted, rejects, tally = _write(generator, requests, PlaceNames(pois), config, progress)
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()
 
     out = Path(out)
     (out / "texts").mkdir(parents=True, exist_ok=True)
@@ -174,10 +170,10 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
         rows = [accepted[k] for k in sorted(accepted) if requests[k][0] == split]
         counts[split] = len(rows)
         write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    rejects.sort(key=lambda r: r.pop("order"))
     write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     _write_texts(out / "texts", [accepted[k] for k in sorted(accepted)], {c.plus_code: c for c in cells})
 
+    final = [r for r in rejects if r["final"]]
     accounting = getattr(generator, "accounting", None)
     summary = {
         "backend": config.backend,
@@ -185,8 +181,10 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
         "cells": {s: len({r.plus_code for r in by_split[s]}) for s in SPLITS},
         "requests": len(requests),
         "accepted": counts,
-        "rejected": len(rejects),
-        "reject_reasons": dict(reasons.most_common()),
+        "rejected": len(final),
+        "reject_reasons": dict(Counter(p.split(":")[0] for r in final for p in r["reasons"]).most_common()),
+        "grounding": config.grounding,
+        "rewrites": tally.to_dict(),
         "accounting": accounting.to_dict() if accounting is not None else None,
     }
     snapshot = {
@@ -198,10 +196,51 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
             "sampling": asdict(config.sampling),
             "writer": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.writer).items()},
             "limit": config.limit,
+            "grounding": config.grounding,
+            "rewrites": config.rewrites,
         },
     }
     write_atomic(out / "snapshot.json", json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def _write(generator, requests: list[tuple[str, GenerationRequest]], names: PlaceNames, config: BuildConfig,
+           progress: bool) -> tuple[dict[int, dict], list[dict], RewriteTally]:
+    """Every try of every request, checked: (accepted rows by request index, every rejected try in
+    request order, the rounds' tally)."""
+    rewrites = config.rounds_of_rewrites()
+    tally = RewriteTally(requests=len(requests), rewrites=rewrites)
+    accepted: dict[int, dict] = {}
+    rejects: list[dict] = []
+
+    def check(text: str, request: GenerationRequest) -> list[str]:
+        return text_problems(text, request, names, config.grounding)
+
+    bar = tqdm(total=len(requests), desc=f"writing ({config.backend})", unit="text", disable=not progress)
+    try:
+        for attempt in write_checked(generator, [r for _, r in requests], check, rewrites, tally):
+            bar.update(1)
+            if not attempt.final:
+                bar.total += 1
+                bar.refresh()
+            request = requests[attempt.index][1]
+            if attempt.problems:
+                rejects.append({"split": requests[attempt.index][0], "plus_code": request.plus_code,
+                                "poi_ids": request.poi_ids, "style": request.style,
+                                "interests": list(request.interests), "text": attempt.text,
+                                "reasons": attempt.problems, "try": attempt.number, "final": attempt.final,
+                                "order": (attempt.index, attempt.number)})
+            else:
+                accepted[attempt.index] = _row(request, attempt.outcome)
+    except KeyboardInterrupt:
+        bar.close()
+        raise SystemExit(
+            f"interrupted after {len(accepted) + len(rejects)} tries for {len(requests)} requests; "
+            "answers received so far are cached, rerun the same command to continue"
+        ) from None
+    bar.close()
+    rejects.sort(key=lambda r: r.pop("order"))
+    return accepted, rejects, tally
 
 
 def _display_path(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Checks every generated description must pass before it enters the corpus.
 
 A description must name its place, must not name a POI that lives in another cell (the classic
-way a writer model smuggles in a wrong place), and must fit its style's length band. The same
+way a writer model smuggles in a wrong place), must fit its style's length band, and must state
+no number or name its request did not give (data.grounding). The same
 checks serve the evaluation harness later (wrong-place rate, style compliance).
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from functools import cached_property
 
 from data.generate.base import GenerationRequest
+from data.grounding import grounding_problems
 from data.poi import POI
 from data.refusal import refusal_problems
 from data.vocab import style_problems
@@ -76,8 +78,9 @@ def foreign_places(text: str, request: GenerationRequest, names: PlaceNames) -> 
     ]
 
 
-def text_problems(text: str, request: GenerationRequest, names: PlaceNames) -> list[str]:
-    """Why a generated description is rejected, each 'category: detail'; empty when accepted."""
+def text_problems(text: str, request: GenerationRequest, names: PlaceNames, grounding: str = "strict") -> list[str]:
+    """Why a generated description is rejected, each 'category: detail'; empty when accepted.
+    `grounding` is how hard numbers and names are held to the request (data.grounding)."""
     if not text.strip():
         return ["empty: no text"]
     if not request.pois:  # a cell with no known place (data.sampling.unknown_cells): its answer is the refusal
@@ -90,7 +93,8 @@ def text_problems(text: str, request: GenerationRequest, names: PlaceNames) -> l
     if foreign:
         problems.append(f"wrong place: names POI(s) of another cell {sorted(set(foreign))}")
     problems += style_problems(text, request.style)
-    return problems
+    # Another cell's name is reported once, as a wrong place, not again as an unsupported name.
+    return problems + grounding_problems(text, request, grounding, also=foreign)
 
 
 _WORD = re.compile(r"[a-z0-9]+")

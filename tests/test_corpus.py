@@ -285,7 +285,7 @@ def test_the_cli_writes_a_corpus_with_claude_through_the_real_sdk_and_reruns_for
               "Walk around its shells at sunset: can you see how the tiles catch the light over the water?")
     args = [sys.executable, "-m", "data.build", "--backend", "anthropic", "--pois", str(src), "--out",
             str(tmp_path / "corpus"), "--cache-dir", str(tmp_path / "cache"), "--samples-per-cell", "3",
-            "--no-progress", "--model", "claude-sonnet-4-5"]
+            "--no-progress", "--model", "claude-sonnet-4-5", "--rewrites", "0"]  # rewrites: tests/test_grounding.py
     env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "test-key"}
     with FakeLLMServer() as server:
         server.script(*[Behaviour.ok(answer, input_tokens=400, output_tokens=40)] * 3)

@@ -48,12 +48,12 @@ class AnthropicGenerator(llm.LLMGenerator):
             api_key=key, base_url=base_url, timeout=self.options.timeout, max_retries=0
         )
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> llm.WriterReply:
+    def _send(self, system: str, turns: list[dict[str, str]], request: GenerationRequest) -> llm.WriterReply:
         message = self._client.messages.create(
             model=self.model,
             max_tokens=self.options.max_tokens,
             system=system,
-            messages=[{"role": "user", "content": user}],
+            messages=turns,
         )
         return self._read(message)
 

@@ -15,6 +15,15 @@ from data.poi import POI
 
 
 @dataclass(frozen=True)
+class Revision:
+    """A text the writer wrote for a request and the reasons it was rejected: sent back with the
+    request so the same writer can write it again (data.generate.rewrite)."""
+
+    text: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     plus_code: str  # full 10-digit code of the cell
     short_code: str
@@ -25,6 +34,7 @@ class GenerationRequest:
     country: str = "Australia"
     language: str = "English"
     seed: int = 0  # varies wording between samples of the same cell; backends may ignore it
+    revision: Revision | None = None  # a rejected earlier try, to be rewritten; writers that cannot revise ignore it
 
     @property
     def poi_ids(self) -> list[str]:

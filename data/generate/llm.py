@@ -27,7 +27,7 @@ from typing import Any
 
 from core.artifacts import write_atomic
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult, ProgressCallback
-from data.generate.writer_prompt import render
+from data.generate.writer_prompt import conversation
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,17 @@ class Accounting:
 # -- cache ----------------------------------------------------------------------------------------
 
 
-def cache_key(*, backend: str, model: str, system: str, user: str, params: Mapping[str, Any]) -> str:
-    """SHA-256 over everything that can change an answer; the prompt text itself, not its inputs."""
+def cache_key(*, backend: str, model: str, system: str, user: str, params: Mapping[str, Any],
+              follow_up: list[dict[str, str]] | None = None) -> str:
+    """SHA-256 over everything that can change an answer; the prompt text itself, not its inputs.
+    `follow_up` are the turns after the first user message (a rewrite's); a first try has none,
+    so its key is what it was before rewrites existed."""
+    keyed = {"format": CACHE_FORMAT, "backend": backend, "model": model, "system": system, "user": user,
+             "params": params}
+    if follow_up:
+        keyed["follow_up"] = follow_up
     blob = json.dumps(
-        {
-            "format": CACHE_FORMAT,
-            "backend": backend,
-            "model": model,
-            "system": system,
-            "user": user,
-            "params": params,
-        },
+        keyed,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -382,8 +382,9 @@ class LLMGenerator:
         """Everything besides the prompt that shapes the answer; part of the cache key."""
         return {"max_tokens": self.options.max_tokens, "seed": request.seed}
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> WriterReply:
-        """One HTTP attempt. Raise the SDK's exceptions, or MalformedResponse, as they come."""
+    def _send(self, system: str, turns: list[dict[str, str]], request: GenerationRequest) -> WriterReply:
+        """One HTTP attempt with the chat `turns` (user first, alternating with assistant). Raise the
+        SDK's exceptions, or MalformedResponse, as they come."""
         raise NotImplementedError
 
     def _classify(self, exc: BaseException) -> Failure | None:
@@ -402,17 +403,17 @@ class LLMGenerator:
 
     def key_for(self, request: GenerationRequest) -> str:
         """The cache key this request's answer is (or will be) stored under."""
-        system, user = render(request)
-        return self._key(system, user, request)
+        return self._key(*conversation(request), request)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        system, user = render(request)
-        key = self._key(system, user, request)
+        system, turns = conversation(request)
+        key = self._key(system, turns, request)
         record = self.cache.get(key)
         if record is not None:
             self.accounting.add(cache_hits=1)
             return _result(record, key, cached=True, attempts=0, waits=[])
-        completion, text, attempts, waits = self._answer(system, user, request)
+        started = time.perf_counter()
+        completion, text, attempts, waits = self._answer(system, turns, request)
         record = {
             "backend": self.name,
             "model": self.model,
@@ -424,6 +425,7 @@ class LLMGenerator:
             "usage_reported": completion.usage_reported,
             "stop_reason": completion.stop_reason,
             "seed": request.seed,
+            "seconds": round(time.perf_counter() - started, 3),  # what this answer took, retries and waits included
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self.cache.put(key, record)
@@ -467,9 +469,10 @@ class LLMGenerator:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _key(self, system: str, user: str, request: GenerationRequest) -> str:
+    def _key(self, system: str, turns: list[dict[str, str]], request: GenerationRequest) -> str:
         params = self._sampling_params(request)
-        return cache_key(backend=self.name, model=self.model, system=system, user=user, params=params)
+        return cache_key(backend=self.name, model=self.model, system=system, user=turns[0]["content"],
+                         params=params, follow_up=turns[1:])
 
     def _outcome(self, request: GenerationRequest) -> GenerationResult | GenerationError:
         try:
@@ -483,14 +486,14 @@ class LLMGenerator:
             return error
 
     def _answer(
-        self, system: str, user: str, request: GenerationRequest
+        self, system: str, turns: list[dict[str, str]], request: GenerationRequest
     ) -> tuple[WriterReply, str, int, list[float]]:
         """Send until an answer passes or a failure is final: (completion, clean text, attempts, waits)."""
         waits: list[float] = []
         for attempt in itertools.count(1):
             self.accounting.add(requests_sent=1, retries=int(attempt > 1))
             try:
-                completion = self._send(system, user, request)
+                completion = self._send(system, turns, request)
                 self.accounting.add(
                     input_tokens=completion.input_tokens, output_tokens=completion.output_tokens
                 )
@@ -543,5 +546,6 @@ def _result(record: dict, key: str, *, cached: bool, attempts: int, waits: list[
         output_tokens=int(record.get("output_tokens") or 0),
         cached=cached,
         attempts=attempts,
-        extra={"cache_key": key, "stop_reason": record.get("stop_reason"), "retry_waits": waits},
+        extra={"cache_key": key, "stop_reason": record.get("stop_reason"), "retry_waits": waits,
+               "seconds": record.get("seconds")},  # None for an answer cached before it was timed
     )

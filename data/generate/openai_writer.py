@@ -49,7 +49,7 @@ class OpenAIGenerator(llm.LLMGenerator):
             "disable_thinking": self.disable_thinking,
         }
 
-    def _send(self, system: str, user: str, request: GenerationRequest) -> llm.WriterReply:
+    def _send(self, system: str, turns: list[dict[str, str]], request: GenerationRequest) -> llm.WriterReply:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
@@ -57,7 +57,7 @@ class OpenAIGenerator(llm.LLMGenerator):
             extra["extra_body"] = {"chat_template_kwargs": {"enable_thinking": False}}
         response = self._client.chat.completions.create(
             model=self.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            messages=[{"role": "system", "content": system}, *turns],
             max_tokens=self.options.max_tokens,
             seed=request.seed,
             **extra,

@@ -10,6 +10,9 @@ from data.generate.base import Generator
 from data.generate.template import TemplateGenerator
 
 BACKENDS = ("template", "anthropic", "openai")
+# Writers that can rewrite a rejected text when shown it with the reasons; the template writes the
+# same text for the same request, so sending one back would only repeat it.
+REVISING_BACKENDS = ("anthropic", "openai")
 DEFAULT_CLAUDE = "claude-sonnet-5"
 
 

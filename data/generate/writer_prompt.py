@@ -13,6 +13,8 @@ from data.vocab import STYLES
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
 TEMPLATE_FILES = (PROMPT_DIR / "system.txt", PROMPT_DIR / "user.txt")
+# The turn that sends a rejected text back to its writer with the reasons (data.generate.rewrite).
+REWRITE_FILE = PROMPT_DIR / "rewrite.txt"
 
 
 def _describe(request: GenerationRequest) -> str:
@@ -25,9 +27,27 @@ def _describe(request: GenerationRequest) -> str:
 
 
 def render(request: GenerationRequest) -> tuple[str, str]:
-    """(system, user) messages for one request."""
+    """(system, user) messages for one request's first try."""
+    system, user = (path.read_text(encoding="utf-8").strip() for path in TEMPLATE_FILES)
+    values = _values(request)
+    return system.format(**values), user.format(**values)
+
+
+def conversation(request: GenerationRequest) -> tuple[str, list[dict[str, str]]]:
+    """(system, chat turns) for one request: the user message, and for a rewrite the rejected text
+    as the writer's own answer followed by the reasons it was rejected."""
+    system, user = render(request)
+    turns = [{"role": "user", "content": user}]
+    if request.revision is not None:
+        reasons = "\n".join(f"- {reason}" for reason in request.revision.reasons)
+        follow_up = REWRITE_FILE.read_text(encoding="utf-8").strip().format(**_values(request), reasons=reasons)
+        turns += [{"role": "assistant", "content": request.revision.text}, {"role": "user", "content": follow_up}]
+    return system, turns
+
+
+def _values(request: GenerationRequest) -> dict[str, object]:
     spec = STYLES[request.style]
-    values = {
+    return {
         "country": request.country,
         "language": request.language,
         "short_code": request.short_code,
@@ -42,5 +62,3 @@ def render(request: GenerationRequest) -> tuple[str, str]:
         "places": _describe(request),
         "main_name": request.pois[0].name,
     }
-    system, user = (path.read_text(encoding="utf-8").strip() for path in TEMPLATE_FILES)
-    return system.format(**values), user.format(**values)
