@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import create_api
 from app.basemap import OUT as BASEMAP
+from app.offline.serve import mount_offline
 from app.page import CSS, HEAD, LIB, WEB, Guides, build_page, theme
 from data.geo import Gazetteer
 
@@ -17,7 +18,8 @@ SYDNEY = (-33.8688, 151.2093)
 
 
 def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, float] = SYDNEY, zoom: int = 12) -> FastAPI:
-    """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /, the map's files under /web."""
+    """FastAPI with /tour-guide, /health, /coverage and /page-config, the page at /, the map's files under /web,
+    the offline app (the model in the browser) under /offline/."""
     if not (LIB / "leaflet" / "dist" / "leaflet.js").is_file():
         raise FileNotFoundError(f"no Leaflet under {LIB}: run `npm install --prefix app/web` (the set-up command does)")
     guide = guides.get(guides.default)  # the API answers with the default model; load it before serving
@@ -42,6 +44,7 @@ def create_app(guides: Guides, tiles: str | None = None, center: tuple[float, fl
     app.mount("/web/static", StaticFiles(directory=WEB / "static"), name="web-static")
     if basemap:
         app.mount("/web/build", StaticFiles(directory=BASEMAP.parent), name="web-build")
+    mount_offline(app, guides.models[guides.default][1])  # the in-browser app at /offline/ (app.offline)
     page = build_page(guides)
     # As many page generations at once as the default model streams (its llama.cpp context pool);
     # further visitors wait in Gradio's queue rather than in a backend lock.
