@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv and run the main job: the tour guide's page and HTTP API on the
-#               shipped default model (models/tour-guide.gguf), offline, at http://127.0.0.1:7860/
+#               shipped default model (models/tour-guide.gguf), offline, at http://127.0.0.1:7860/, and
+#               at /offline/ the same guide as an installable web app whose model runs in the browser
 #   make test   install into .venv with the test extras (and Debian's chromium for the browser test),
 #               lint (ruff) and run the whole test suite
 # Both are idempotent: the install step reruns only when pyproject.toml or app/web/package.json changes
@@ -57,6 +58,7 @@ install: $(VENV)/.installed $(WEB) $(BASEMAP)
 install-dev: $(VENV)/.installed-dev $(WEB) $(BASEMAP) chromium
 
 demo: install
+	@echo "The offline app (the model runs in your browser): http://127.0.0.1:7860/offline/"
 	$(PY) -m app
 
 pipeline: install
