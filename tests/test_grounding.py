@@ -247,3 +247,20 @@ def test_the_cli_takes_grounding_and_rewrites(tmp_path):
     assert bad.returncode == 2 and "loose" in bad.stderr
     with pytest.raises(ValueError, match="rewrites"):
         BuildConfig(rewrites=-1)
+
+
+def test_claude_gets_the_rewrite_as_a_conversation_too(tmp_path):
+    from data.generate.anthropic_writer import AnthropicGenerator
+
+    request = request_for("sydney-opera-house", "brief", FIXTURE)
+    with FakeLLMServer() as server:
+        server.script(Behaviour.ok(INVENTED), Behaviour.ok(GROUNDED))
+        writer = AnthropicGenerator("claude-haiku-4-5", api_key="test-key", base_url=server.url, cache_dir=tmp_path)
+        with writer:
+            tries = list(write_checked(writer, [request], lambda text, r: grounding_problems(text, r), rewrites=2))
+        assert [(t.number, t.problems) for t in tries] == [(0, ["grounding: name 'King David' is not in the facts"]),
+                                                           (1, [])]
+        first, second = (r.body for r in server.requests)
+        assert second["system"] == first["system"]
+        assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+        assert second["messages"][1]["content"] == INVENTED and "King David" in second["messages"][2]["content"]
