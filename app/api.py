@@ -3,7 +3,7 @@
     POST /tour-guide         {"latitude", "longitude" | "plus_code", "interests", "style", ["poi_id"]}
                              -> {"plus_code", "short_code", "locality", "latitude", "longitude",
                                  "nearby", "nearest", "answered_for", "lead", "notice",
-                                 "description", "model", "backend", "timings"}
+                                 "description", "withheld", "model", "backend", "timings"}
     POST /tour-guide/stream  the same as server-sent events: `place` (all but description and
                              timings), `token` per piece, `done` (the whole answer)
     GET  /health             the loaded model and backend
@@ -15,8 +15,11 @@ nearest first, each {"poi_id", "name", "latitude", "longitude", "plus_code", "sh
 ("north-east") from the pin to the place. The answer is for the nearest of them, or for the one
 named by `poi_id`: `answered_for` (the same shape) and `lead`, the line a client shows before the
 model's `description` ("Sydney Opera House, about 150 m north-east of you:"). With nothing within
-500 m, `nearby` is empty, `answered_for` and `lead` are null, and `notice` says the description is
-not backed by facts, naming `nearest` and its distance. A model without a coverage file has
+500 m, `nearby` is empty, `answered_for` and `lead` are null, `notice` says the model knows no
+place there, naming `nearest` and its distance (great-circle), and the description is the model's
+own answer only when that is a plain refusal: anything else would be invented, so it is withheld
+(`description` empty, `withheld` says why; `python -m app --show-unbacked` shows it anyway) and,
+on the stream, no token of it is sent. A model without a coverage file has
 `nearby` empty and every one of those null.
 
 Bad input is a 422 whose body names the field ({"error": "style: unknown style ...", "field":

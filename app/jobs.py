@@ -40,6 +40,8 @@ class ServingConfig:
         "help": "seconds a client may take to send its request body before 408"})
     shutdown_grace_s: float = field(default=3.0, metadata={
         "help": "on SIGTERM or Ctrl-C, seconds in-flight answers get to end before the server exits"})
+    show_unbacked: bool = field(default=False, metadata={
+        "help": "far from every known place, show the model's answer even when it is not a plain refusal"})
 
     def __post_init__(self):
         if self.max_queue < 0:

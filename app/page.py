@@ -103,10 +103,12 @@ def stats_markdown(stats: dict | None) -> str:
             f"{stats['peak_rss_bytes'] / 2**20:.0f} MiB · process now {rss:.0f} MiB")
 
 
-def describe_markdown(header: dict, text: str) -> str:
-    """The app's own line (which place, how far, which way) or the notice, then the model's text as it came."""
+def describe_markdown(header: dict, text: str, withheld: str | None = None) -> str:
+    """The app's own line (which place, how far, which way) or the notice, then the model's text as
+    it came (or why it is withheld)."""
     if header["notice"]:
-        return f"<span class='tg-notice'>⚠ {header['notice']}</span>\n\n{text}"
+        body = f"<span class='tg-notice'>{withheld}</span>" if withheld else text
+        return f"<span class='tg-notice'>⚠ {header['notice']}</span>\n\n{body}"
     return f"**{header['lead']}**\n\n{text}" if header["lead"] else text
 
 
@@ -148,7 +150,8 @@ def generate(guides: Guides, location, interests, style, label, poi_id, temperat
                 text += payload["text"]
                 yield describe_markdown(plan.header, text), "generating…"
             elif kind == "done":
-                yield describe_markdown(plan.header, payload["description"]), stats_markdown(payload["timings"])
+                yield (describe_markdown(plan.header, payload["description"], payload["withheld"]),
+                       stats_markdown(payload["timings"]))
             elif kind == "error":
                 raise gr.Error(payload["error"])
     finally:

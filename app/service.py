@@ -17,6 +17,8 @@ from app.coverage import AROUND_M, Coverage, Nearby
 from app.jobs import Job, ServingConfig
 from data.geo import GeoError, Place, check_coordinates, encode, parse
 from data.prompt import TourQuery
+from data.refusal import refusal_problems
+from data.validate import PlaceNames
 from data.vocab import check_interests, check_style
 from models.backends import Backend, GenerationOptions
 from models.backends.pool import Busy, Lease
@@ -114,13 +116,19 @@ def lead_line(chosen: Nearby) -> str:
 
 
 def _how_far(metres: float) -> str:
+    if metres >= 100_000:
+        return f"{metres / 1000:,.0f} km"
     return f"{metres / 1000:.1f} km" if metres >= 1000 else f"{round(metres, -1):.0f} m"
 
 
 def far_notice(nearest: Nearby | None) -> str:
     where = f" (the nearest is {nearest.place.name}, {_how_far(nearest.distance_m)} away)" if nearest else ""
-    return (f"This model knows no place within {AROUND_M:.0f} m of this spot{where}. The description below "
-            "is not backed by facts it learnt and may be invented.")
+    return f"This model knows no place within {AROUND_M:.0f} m of this spot{where}."
+
+
+# What stands in for a far pin's answer that is not a plain refusal (unless ServingConfig.show_unbacked).
+WITHHELD = ("The model's answer is not shown: it described this spot, and no fact it learnt is about a place "
+            "here, so it would be invented.")
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class TourGuide:
         self._jobs: set[Job] = set()
         self._jobs_lock = threading.Lock()
         self.outcomes: Counter[str] = Counter()  # answers ended, by how: stop, length, time, cancelled, error
+        self._names = PlaceNames(coverage.places if coverage else [])  # what a refusal must not name
         self.stopping = False
 
     @classmethod
@@ -206,16 +215,27 @@ class TourGuide:
     def stream(self, plan: Plan, options: GenerationOptions | None = None, cancel: threading.Event | None = None,
                lease: Lease | None = None) -> Iterator[tuple[str, dict]]:
         """("place", header), then ("token", {"text"}) per piece, then ("done", full answer). Runs in
-        the caller's thread at the caller's pace: a server uses `start` instead."""
+        the caller's thread at the caller's pace: a server uses `start` instead.
+
+        Far from every known place, the answer is held back until it is whole: a plain refusal is
+        shown, anything else is invented and is withheld (`withheld` says so) unless
+        `serving.show_unbacked`."""
         yield "place", plan.header
+        hold = plan.header["notice"] is not None and not self.serving.show_unbacked
         text = []
         stats = None
         for chunk in self.backend.stream(plan.query, self._options(options), cancel, lease):
             if chunk.text:
                 text.append(chunk.text)
-                yield "token", {"text": chunk.text}
+                if not hold:
+                    yield "token", {"text": chunk.text}
             stats = chunk.stats
-        yield "done", {**plan.header, "description": "".join(text).strip(),
+        description, withheld = "".join(text).strip(), None
+        if hold and refusal_problems(description, self._names):
+            description, withheld = "", WITHHELD
+        elif hold and description:
+            yield "token", {"text": description}
+        yield "done", {**plan.header, "description": description, "withheld": withheld,
                        "timings": stats.to_dict() if stats else None}
 
     def start(self, plan: Plan, options: GenerationOptions | None = None) -> Job:

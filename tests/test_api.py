@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from conftest import FIXTURES, start_server
 
+from app.__main__ import DEFAULT_MODEL
 from data.geo import moved
 
 
@@ -142,9 +143,22 @@ def test_choosing_a_second_nearby_place_answers_for_it(server):
 def test_far_from_every_known_place_the_answer_says_so_and_names_the_nearest(server):
     status, answer = ask(server, 48.8584, 2.2945)  # Paris
     assert status == 200 and answer["nearby"] == [] and answer["answered_for"] is None and answer["lead"] is None
-    assert "knows no place within 500 m" in answer["notice"] and "not backed by facts" in answer["notice"]
+    assert "knows no place within 500 m" in answer["notice"]
     assert f"the nearest is {answer['nearest']['name']}, " in answer["notice"] and " km away" in answer["notice"]
-    assert answer["description"]  # the model still answers, under the notice
+    # The micro model never learnt to refuse: whatever it wrote is invented, so it is not shown.
+    assert answer["description"] == "" and "not shown" in answer["withheld"]
+
+
+def test_a_far_pin_gets_the_true_nearest_place_at_its_great_circle_distance():
+    from app.coverage import Coverage
+    from app.service import far_notice
+    from data.geo import encode
+
+    coverage = Coverage.load(DEFAULT_MODEL.with_name("tour-guide.coverage.json"))
+    nearest = coverage.nearest(encode(40.7484, -73.9857))  # the Empire State Building
+    assert nearest.place.name == "Barrenjoey Lighthouse" and nearest.distance_m / 1000 == pytest.approx(15_967, abs=5)
+    assert far_notice(nearest) == ("This model knows no place within 500 m of this spot (the nearest is "
+                                   "Barrenjoey Lighthouse, 15,967 km away).")
 
 
 def test_the_open_ocean_gets_the_notice(server):
