@@ -76,7 +76,8 @@ class SiteConfig:
     coverage: str | None = field(default=None, metadata={"help": "its known places (default: NAME.coverage.json "
                                                                    "beside the model)"})
     n_ctx: int = field(default=1024, metadata={"help": "context the browser allocates (prompt + answer)"})
-    threads: int = field(default=0, metadata={"help": "WASM threads; 0: the device's cores, at most 4"})
+    threads: int = field(default=0, metadata={"help": "WASM threads; 0: one per physical core of the device "
+                                                      "(half its logical CPUs), at most 4"})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 // The offline tour guide's page: a pin (the map, "Use my location", or ?lat=&lon=), the places the
 // model knows around it, interests and a style, and the answer written by the model inside this
 // browser. The page's state is document.body.dataset.state: loading, ready, answering, done or error.
-// URL parameters lat, lon, interests (comma-separated) and style fill the form; ask=1 asks at once.
+// URL parameters lat, lon, interests (comma-separated) and style fill the form; ask=1 asks at once;
+// threads=N sets the WebAssembly threads (for measuring).
 import { Geo } from "./geo.js";
 import { TourMap } from "./map.js";
 import { buildMessages, checkInterests, renderPrompt } from "./prompt.js";
@@ -228,9 +229,10 @@ async function main() {
     setState("error", String(err.message || err));
   }
   const runtime = new Runtime(config);
+  const threads = Number(new URLSearchParams(location.search).get("threads")) || 0; // ?threads=N, for measuring
   await runtime.load((received, total) => {
     $("status").textContent = `Loading the model: ${Math.round(received / 2 ** 20)} of ${Math.round(total / 2 ** 20)} MiB…`;
-  });
+  }, threads);
   guide.runtime = runtime;
   Object.assign(timings, runtime.timings, { ready_ms: performance.now() });
   await page.map.ready;

@@ -17,7 +17,11 @@ export class Runtime {
   }
 
   // The GGUF from this site (the service worker's cache once installed), then into the WASM heap.
-  async load(onBytes) {
+  // `threads` 0: the build's setting, else one per physical core (half the logical ones), at most 4.
+  // Not more: llama.cpp's threads meet at a barrier every layer, and one that shares its core with
+  // other work stalls the rest (on this project's 2-core machine under load, 2 threads decoded at
+  // 1 token/s where 1 thread made 13; bench.offline measures both).
+  async load(onBytes, threads = 0) {
     const model = this.config.model;
     let start = performance.now();
     const response = await fetch(model.url);
@@ -26,7 +30,7 @@ export class Runtime {
     this.timings.model_fetch_ms = performance.now() - start;
     start = performance.now();
     const cores = navigator.hardwareConcurrency || 1;
-    const threads = model.threads || Math.max(1, Math.min(4, cores));
+    threads = threads || model.threads || Math.max(1, Math.min(4, Math.floor(cores / 2)));
     await this.wllama.loadModel([blob], { n_ctx: model.n_ctx, n_threads: threads, n_gpu_layers: 0 });
     this.timings.model_load_ms = performance.now() - start;
     this.timings.threads = this.wllama.getNumThreads();
