@@ -127,6 +127,41 @@ def measure_latency(model, tokenizer, rows: list[dict], config: EvalConfig) -> d
             "latency_queries": len(seconds)}
 
 
+def place_answers(model, tokenizer, rows: list[dict], scorer: Scorer, config: EvalConfig,
+                  progress: bool = False) -> list[dict]:
+    """Each row answered (the same decoding for every model) and scored, one record per prompt:
+    its place and style, the answer, the facts it recalls of those the reference states, whether
+    it names its place and which other places it names."""
+    texts = generate_answers(model, tokenizer, rows, config, progress)
+    records = []
+    for row, text in zip(rows, texts):
+        score = scorer.score(text, row)
+        records.append({"plus_code": row["plus_code"], "style": row["style"], "interests": row["interests"],
+                        "answer": text, "facts": score["facts"], "names_place": score["names_place"],
+                        "wrong_places": score["wrong_places"]})
+    return records
+
+
+# The place-answer metrics: how each is summed over a place's prompts (numerator, denominator).
+PLACE_METRICS = {
+    "fact_recall": lambda r: (r["facts"][0], r["facts"][1]),
+    "names_place": lambda r: (float(r["names_place"]), 1.0),
+    "wrong_place": lambda r: (float(bool(r["wrong_places"])), 1.0),
+}
+
+
+def place_totals(records: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """metric -> place -> (numerator, denominator) summed over the place's prompts: the input of
+    compress.compare's intervals; a metric's value is the ratio of the sums."""
+    out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in PLACE_METRICS}
+    for record in records:
+        for metric, parts in PLACE_METRICS.items():
+            num, den = parts(record)
+            n0, d0 = out[metric].get(record["plus_code"], (0.0, 0.0))
+            out[metric][record["plus_code"]] = (n0 + num, d0 + den)
+    return out
+
+
 @dataclass
 class Evaluation:
     """A loaded teacher and the per-split rows and sequences every model is measured on."""

@@ -4,16 +4,22 @@
 
 - kd: every student weight trains on kd_weight * KL(teacher_T || student_T) * T^2 (answer tokens,
   temperature T) + (1 - kd_weight) * cross-entropy on the reference answer, optionally plus a
-  hidden-state loss between matched layers (student layer j against the teacher layer it came
-  from; through a fixed Procrustes rotation or a learned projection when the widths differ).
+  hidden-state loss (through a fixed Procrustes rotation or a learned projection when the widths
+  differ): at every kept layer (student layer j against the teacher layer it came from), or only
+  at the cuts (`hidden_at = "cuts"`, see cut_pairs).
 - finetune: cross-entropy on the corpus only (no teacher needed to train).
 - lora: the kd objective, trained through peft LoRA adapters that are merged at the end, so the
   output is again a plain checkpoint.
+compress.heal_config names the losses compared at equal steps (HEAL_LOSSES: ce, kl, kl+ce, and
+either with the hidden-state loss at the cuts).
 
 The losses live in train.losses and the training in train.loop: warm-up and cosine learning rate,
-gradient clipping, validation (KL to the teacher, top-1 agreement, perplexity on held-out rows)
-every epoch or `eval_every` steps, early stopping with the best weights restored, and a checkpoint
-after each validation that a rerun resumes from, seeing the batches an unbroken run would.
+gradient clipping, validation (KL to the teacher, top-1 agreement, perplexity on held-out rows;
+with a `curve`, compress.heal_curve's measures too) every epoch or `eval_every` steps, early
+stopping with the best weights restored (patience 0: none, the last weights kept), and a checkpoint
+after each validation that a rerun resumes from, seeing the batches an unbroken run would. A probe
+(`stop_after`) is the first steps of a healing, left as a checkpoint that the full healing
+continues (`resume_from`), which is how compress.guided_heal tries candidates.
 
 The student trains through accelerate: `accelerate launch --config_file fsdp.yaml -m compress.heal`
 shards it over several GPUs with no code change; a teacher too big for one GPU is loaded with
@@ -26,9 +32,11 @@ the way to the target sizes), measuring the student after every step.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,9 +45,11 @@ from torch import nn
 from compress.calibration import encode_rows, split_rows
 from compress.depth import kept_layers
 from compress.evaluate import forced_metrics
+from compress.heal_config import HealConfig
+from compress.heal_curve import HealCurve
 from compress.transport.rotation import procrustes  # the student-teacher map, shared with the diagnostics
 from compress.width import prune_width
-from core.artifacts import HEAL_FILE, corpus_sha, fingerprint, sha256_text, write_json
+from core.artifacts import HEAL_FILE, PROBE_FILE, atomic_dir, corpus_sha, fingerprint, sha256_text, write_json
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
@@ -49,68 +59,16 @@ from train.batches import batch_for_step, collate, encode_row
 from train.loop import LoopConfig, Task, discard_checkpoint, finished_report, train
 from train.losses import HiddenProjection, answer_ce, hidden_loss, kd_loss, layer_pairs
 
-METHODS = ("kd", "finetune", "lora")
-PROJECTIONS = ("procrustes", "learned")
-MIXED_PRECISIONS = ("no", "bf16", "auto")
-
-
-def _opt(default, help: str, **metadata):
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-@dataclass(frozen=True)
-class HealConfig:
-    method: str = _opt("kd", "kd: distil from the teacher; finetune: the corpus only; lora: kd through adapters",
-                       choices=METHODS)
-    epochs: float = _opt(2.0, "passes over the training rows")
-    max_steps: int | None = _opt(None, "cap on optimizer steps, whatever the epochs say")
-    batch_size: int = _opt(16, "rows per step")
-    lr: float = _opt(1e-3, "peak learning rate")
-    warmup: int = _opt(30, "linear warm-up steps")
-    min_lr_ratio: float = _opt(0.1, "the cosine decays to this share of lr")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    grad_clip: float = _opt(1.0, "largest gradient norm (0: no clipping)")
-    temperature: float = _opt(2.0, "distillation temperature")
-    kd_weight: float = _opt(1.0, "share of KD in the loss; the rest is cross-entropy on the reference")
-    hidden_weight: float = _opt(0.0, "weight of the hidden-state loss (0: off)")
-    projection: str = _opt("procrustes", "how student hidden states meet a wider teacher's", choices=PROJECTIONS)
-    lora_rank: int = _opt(16, "LoRA rank")
-    lora_alpha: int = _opt(32, "LoRA alpha")
-    eval_every: int | None = _opt(None, "validate every this many steps (default: once per epoch)")
-    patience: int = _opt(3, "validations without improvement before stopping")
-    eval_samples: int = _opt(64, "validation rows")
-    val_split: str = _opt("val", "corpus split validated on")
-    train_split: str = _opt("train", "corpus split trained on")
-    max_length: int = _opt(448, "tokens per row at most")
-    seed: int = _opt(0, "batch order, LoRA initialisation, validation sample")
-    mixed_precision: str = _opt("no", "no (fp32), bf16 (autocast), or auto: bf16 where the device has it",
-                                choices=MIXED_PRECISIONS)
-    max_minutes: float | None = _opt(None, "stop after this long, keeping the best weights so far")
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown healing method {self.method!r}; choose {', '.join(METHODS)}")
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {self.projection!r}; choose {', '.join(PROJECTIONS)}")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; choose {', '.join(MIXED_PRECISIONS)}")
-        if not 0.0 <= self.kd_weight <= 1.0:
-            raise ValueError("kd_weight is a share between 0 and 1")
-        if self.epochs <= 0 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.method != "finetune" and (self.kd_weight > 0 or self.hidden_weight > 0)
-
 
 class HealTask(Task):
     """The healing objective of the module docstring, judged by KL to the teacher (log-perplexity
-    without one) on held-out rows."""
+    without one) on held-out rows; with a `curve`, each validation also measures it
+    (compress.heal_curve)."""
 
     def __init__(self, config: HealConfig, teacher: nn.Module | None, val, pairs: list[tuple[int, int]],
-                 projection: nn.Module | None):
+                 projection: nn.Module | None, curve: HealCurve | None = None):
         self.config, self.teacher, self.val, self.pairs, self.projection = config, teacher, val, pairs, projection
+        self.curve = curve
 
     def modules(self) -> dict[str, nn.Module]:
         return {"projection": self.projection} if self.projection is not None else {}
@@ -135,7 +93,10 @@ class HealTask(Task):
         return loss
 
     def validate(self, model) -> dict:
-        return _validate(model, self.teacher, self.val, self.config.batch_size)
+        metrics = _validate(model, self.teacher, self.val, self.config.batch_size)
+        if self.curve is not None:
+            metrics |= self.curve.measure(base_of(model))
+        return metrics
 
     def score(self, metrics: dict) -> float:
         return metrics["kl"] if self.teacher is not None else math.log(metrics["perplexity"])
@@ -149,6 +110,17 @@ def _validate(student, teacher, sequences, batch_size: int) -> dict:
         return forced_metrics(student, teacher, sequences, batch_size)
     metrics = forced_metrics(student, student, sequences, batch_size)
     return {k: v for k, v in metrics.items() if k not in ("kl", "top1_agreement")}
+
+
+def validation_set(corpus: str | Path, tokenizer, config: HealConfig) -> list:
+    """The held-out rows a healing validates on, encoded."""
+    return encode_rows(split_rows(corpus, config.val_split, config.eval_samples, config.seed), tokenizer,
+                       config.max_length)
+
+
+def answer_loss(model: nn.Module, sequences, batch_size: int) -> float:
+    """Mean cross-entropy of the answer tokens of `sequences` (nats), teacher-forced."""
+    return math.log(_validate(model, None, sequences, batch_size)["perplexity"])
 
 
 def _weights_signature(model: nn.Module) -> str:
@@ -168,15 +140,31 @@ def _key(config: HealConfig, student: nn.Module, teacher: nn.Module | None, corp
                         "corpus": corpus_sha(corpus, ("train", "val", "test"))[:16]})
 
 
+def cut_pairs(kept: list[int], teacher_layers: int) -> list[tuple[int, int]]:
+    """The hidden states that meet at each cut, as (student, teacher) indices of hidden_states
+    (index k: the input of layer k; the last: the final, normed output). Where teacher layers
+    were cut before student layer j, the student's input to j meets the teacher's input to the
+    layer j was copied from: the state the cut layers would have made. Cut at the top, the final
+    outputs meet."""
+    pairs = [(j, t) for j, t in enumerate(kept) if t != (kept[j - 1] + 1 if j else 0)]
+    return pairs + ([(len(kept), teacher_layers)] if kept[-1] != teacher_layers - 1 else [])
+
+
 def _hidden_match(base: nn.Module, teacher: nn.Module | None, train_set, pad: int, config: HealConfig,
                   layer_map: list[int] | None, kept_channels: torch.Tensor | None):
     """(layer pairs, projection) of the hidden-state loss: none when it is off, no projection when
     the widths agree, else one started from the kept channels (and fitted, for procrustes)."""
     if not (config.hidden_weight > 0 and config.uses_teacher):
         return [], None
-    pairs = layer_pairs(base.config.num_hidden_layers, teacher.config.num_hidden_layers, layer_map)
+    teacher_layers = teacher.config.num_hidden_layers
+    if config.hidden_at == "cuts":
+        if layer_map is None:
+            raise ValueError("a hidden-state loss at the cuts needs the layer map of the depth plan")
+        pairs = cut_pairs(layer_map, teacher_layers)
+    else:
+        pairs = layer_pairs(base.config.num_hidden_layers, teacher_layers, layer_map)
     hs, ht = base.config.hidden_size, teacher.config.hidden_size
-    if hs == ht:
+    if hs == ht or not pairs:
         return pairs, None
     projection = HiddenProjection(hs, ht, kept_channels)
     if config.projection == "procrustes":
@@ -185,37 +173,51 @@ def _hidden_match(base: nn.Module, teacher: nn.Module | None, train_set, pad: in
     return pairs, projection
 
 
-def loop_config(config: HealConfig, steps: int, per_epoch: int, progress: bool = True) -> LoopConfig:
+def loop_config(config: HealConfig, steps: int, per_epoch: int, progress: bool = True,
+                stop_after: int | None = None) -> LoopConfig:
     return LoopConfig(
         steps=steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
         min_lr_ratio=config.min_lr_ratio, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
         seed=config.seed, precision={"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
-        eval_every=config.eval_every or per_epoch, patience=config.patience, max_minutes=config.max_minutes,
-        name="heal", keyed_by="student, teacher, corpus or healing config", progress=progress,
+        eval_every=config.eval_every or per_epoch, patience=config.patience or None, max_minutes=config.max_minutes,
+        stop_after=stop_after, name="heal", keyed_by="student, teacher, corpus or healing config", progress=progress,
     )
+
+
+def _adopt_probe(source: Path, out_dir: Path, key: str, loop: LoopConfig) -> bool:
+    """Start from the checkpoint a probe of this very healing left in `source` (its first steps),
+    unless `out_dir` has one of its own: the probe's steps then count in this healing's budget."""
+    probe, mine = Path(source) / PROBE_FILE, out_dir / loop.checkpoint
+    if mine.exists() or not probe.is_file() or json.loads(probe.read_text(encoding="utf-8"))["key"] != key:
+        return False
+    with atomic_dir(mine) as tmp:
+        shutil.copytree(Path(source) / loop.checkpoint, tmp, dirs_exist_ok=True)
+    return True
 
 
 def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str | Path, config: HealConfig,
          out_dir: str | Path, layer_map: list[int] | None = None, kept_channels: torch.Tensor | None = None,
-         progress: bool = True) -> tuple[nn.Module, dict]:
+         progress: bool = True, curve: HealCurve | None = None, stop_after: int | None = None,
+         resume_from: str | Path | None = None) -> tuple[nn.Module, dict]:
     """Heal `student` (trained in place) and save it to `out_dir`; returns (student, report).
     `layer_map[j]` is the teacher layer student layer j came from (for the hidden-state loss);
-    `kept_channels` the teacher channels a hidden-size pruning kept (to start the projection)."""
+    `kept_channels` the teacher channels a hidden-size pruning kept (to start the projection);
+    `curve` is measured at every validation. `stop_after` N makes this a probe: the first N steps
+    of the healing, left as a checkpoint (no model saved) that the full healing, in this folder or
+    given it as `resume_from`, continues."""
     corpus, out_dir = Path(corpus), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.uses_teacher and teacher is None:
         raise ValueError(f"healing method {config.method!r} with kd_weight {config.kd_weight} needs a teacher")
     key = _key(config, student, teacher, corpus)
     done = finished_report(out_dir, HEAL_FILE, key)
-    if done is not None:  # this exact healing already finished: load its result
+    if done is not None and done.get("curve") == (curve.key if curve else None):  # this exact healing finished
         healed, _ = load_model(str(out_dir), LoadOptions(device=str(next(student.parameters()).device)))
         return healed, done
 
     torch.manual_seed(config.seed)  # LoRA's initial adapters
     rows = split_rows(corpus, config.train_split)
     train_set = [t for t in (encode_row(r, tokenizer, config.max_length) for r in rows) if len(t[0]) > t[1]]
-    val = encode_rows(split_rows(corpus, config.val_split, config.eval_samples, config.seed), tokenizer,
-                      config.max_length)
     per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = math.ceil(config.epochs * per_epoch)
     if config.max_steps is not None:
@@ -225,23 +227,49 @@ def heal(student: nn.Module, teacher: nn.Module | None, tokenizer, corpus: str |
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     base = base_of(student)
-    task = HealTask(config, teacher, val, *_hidden_match(base, teacher, train_set, tokenizer.pad_token_id, config,
-                                                         layer_map, kept_channels))
-    loop = loop_config(config, total, per_epoch, progress)
+    task = HealTask(config, teacher, validation_set(corpus, tokenizer, config),
+                    *_hidden_match(base, teacher, train_set, tokenizer.pad_token_id, config, layer_map, kept_channels),
+                    curve)
+    loop = loop_config(config, total, per_epoch, progress, stop_after)
+    adopted = resume_from is not None and _adopt_probe(Path(resume_from), out_dir, key, loop)
+    # The loop validates the starting weights only for early stopping; a curve wants them anyway.
+    start = [_validate_start(task, student)] if loop.patience is None and stop_after is None else []
     result = train(student, task, train_set, tokenizer.pad_token_id, loop, out_dir, key)
+    validations = [{"epoch": round(v["step"] / per_epoch, 3), **v} for v in start + result.state.validations]
+    common = {"key": key, "curve": curve.key if curve else None, "config": asdict(config), **result.report(),
+              "planned_steps": total, "steps_per_epoch": per_epoch, "validations": validations,
+              "tokens": _tokens_seen(train_set, config, result.state.step),
+              "train_rows": len(train_set), "val_rows": len(task.val), "continued_probe": adopted}
+    if not result.finished:  # a probe: its checkpoint is what a continuation needs
+        if result.main_process:
+            write_json(out_dir / PROBE_FILE, {"key": key, "steps": result.state.step})
+        return result.model, {**common, "finished": False}
 
     model = result.model.merge_and_unload() if config.method == "lora" else result.model
     model.eval()
-    validations = [{"step": v["step"], "epoch": round(v["step"] / per_epoch, 3), **v} for v in result.state.validations]
-    report = {"key": key, "config": asdict(config), **result.report(), "planned_steps": total,
-              "steps_per_epoch": per_epoch, "before": validations[0],
-              "after": next(v for v in validations if v["step"] == result.state.best_step),
-              "validations": validations, "train_rows": len(train_set), "val_rows": len(val)}
+    after = validations[-1] if loop.patience is None else next(v for v in validations
+                                                                if v["step"] == result.state.best_step)
+    report = {**common, "finished": True, "before": validations[0], "after": after}
     if result.main_process:
         save_model_dir(model, tokenizer, out_dir)
         write_json(out_dir / HEAL_FILE, report)
         discard_checkpoint(out_dir, loop)
+        (out_dir / PROBE_FILE).unlink(missing_ok=True)
     return model, report
+
+
+def _tokens_seen(train_set, config: HealConfig, steps: int) -> int:
+    """Training tokens (prompt and answer, no padding) of the first `steps` steps, batched as the loop batches."""
+    lengths = [len(ids) for ids, _ in train_set]
+    return sum(lengths[i] for step in range(steps) for i in batch_for_step(lengths, config.batch_size, config.seed, step))
+
+
+@torch.no_grad()
+def _validate_start(task: HealTask, model: nn.Module) -> dict:
+    model.eval()
+    metrics = task.validate(model)
+    model.train()
+    return {"step": 0, **metrics}
 
 
 @torch.no_grad()

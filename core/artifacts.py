@@ -31,6 +31,7 @@ WIDTH_PLAN_FILE = "width_plan.json"  # compress.width: kept heads / neurons / ch
 TRAINING_FILE = "training.json"  # train.loop: the report of a finished training
 GENERAL_FILE = "general.json"  # compress.general: KL to the base model on the general prompts
 HEAL_FILE = "heal.json"  # compress.heal: the healing report (a training report plus before / after)
+PROBE_FILE = "probe.json"  # compress.heal: a probe's first steps, which the full healing may continue
 METRICS_FILE = "metrics.json"  # compress.evaluate: every metric of every model, written after each
 EVAL_REPORT_FILE = "report.md"  # compress.evaluate
 MANIFEST_FILE = "manifest.json"  # compress.pipeline: the run's record
@@ -39,7 +40,7 @@ SNAPSHOT_FILE = "dataset_snapshot.json"  # compress.pipeline: hashes of the corp
 CHECKPOINT_DIR = "checkpoint"  # train.loop: what a rerun resumes from
 BEST_FILE = "best.pt"  # train.loop: the best weights so far (early stopping)
 # Files that change while a stage works but are not its result.
-TRANSIENT = (CHECKPOINT_DIR, "checkpoint.pt", BEST_FILE)
+TRANSIENT = (CHECKPOINT_DIR, "checkpoint.pt", BEST_FILE, PROBE_FILE)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -158,3 +159,42 @@ def model_fingerprint(path: str) -> str:
             stat = f.stat()
             parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return sha256_text("|".join(parts))[:16]
+
+
+# ---------------------------------------------------------------- resumable results
+
+
+class KeyedResults:
+    """Results kept in one JSON file, each under a name beside the fingerprint of the inputs that
+    made it. A rerun reuses a result only when its inputs are the same ones: change a setting, a
+    model or a corpus and that result is made again, the others kept. What resumes a long
+    experiment step by step (plans, probes, scores, answers), so that none of them keeps its own
+    notion of "already done".
+
+        results = KeyedResults(work / "plans.json")
+        plan = results.reuse("guided-r8", {"config": config, "teacher": model_fingerprint(t)}, make_plan)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            self.entries = json.loads(self.path.read_text(encoding="utf-8"))["entries"]
+
+    def get(self, name: str, inputs):
+        """The result stored under `name` if it was made from `inputs`, else None."""
+        entry = self.entries.get(name)
+        return entry["result"] if entry is not None and entry["key"] == fingerprint(inputs) else None
+
+    def put(self, name: str, inputs, result):
+        """Store `result` (JSON-able) as made from `inputs`, at once: a kill loses nothing before it."""
+        # As a rerun will read it back (tuples become lists): the first run sees the same values.
+        result = json.loads(json.dumps(result))
+        self.entries[name] = {"key": fingerprint(inputs), "result": result}
+        write_json(self.path, {"entries": self.entries})
+        return result
+
+    def reuse(self, name: str, inputs, make):
+        """The stored result of these inputs, or `make()`'s, stored before it is returned."""
+        found = self.get(name, inputs)
+        return found if found is not None else self.put(name, inputs, make())

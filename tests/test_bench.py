@@ -2,8 +2,7 @@
 
 import json
 
-from bench.depth import removal_counts, verdict
-from compress.depth import BASELINES
+from bench.depth import removal_counts
 
 
 def test_each_share_of_the_depth_becomes_whole_layers_with_both_neighbours_when_fractional():
@@ -13,52 +12,84 @@ def test_each_share_of_the_depth_becomes_whole_layers_with_both_neighbours_when_
     assert removal_counts(4) == [1, 2]
 
 
-def test_the_verdict_compares_guided_with_every_baseline_in_the_right_direction():
-    def entry(kl, recall):
-        return {split: {"kl": {"mean": kl}, "top1_agreement": {"mean": 0.5}, "perplexity": {"mean": 2.0},
-                        "fact_recall": {"mean": recall}, "names_place": {"mean": 1.0}, "wrong_place": {"mean": 0.0},
-                        "style_ok": {"mean": 1.0}} for split in ("test", "known")}
+def test_kinds_pool_their_runs_and_the_verdict_is_read_from_the_interval():
+    from bench.depth_summary import comparisons, kinds
 
-    summary = {"guided@3": entry(0.1, 0.9)}
-    summary |= {f"{b}@3": entry(0.2, 0.95) for b in BASELINES}
-    rows = verdict(summary, [3], ["known"])
-    kl = [r for r in rows if r["metric"] == "kl"]
-    recall = [r for r in rows if r["metric"] == "fact_recall"]
-    assert len(kl) == len(BASELINES) and all(r["guided_wins"] for r in kl)  # lower KL wins
-    assert not any(r["guided_wins"] for r in recall)  # lower recall loses
-    ties = [r for r in rows if r["metric"] == "style_ok"]
-    assert all(r["tie"] and not r["guided_wins"] for r in ties)
+    def final(hits):  # one prompt per place; `hits` of 2 facts recalled at each of 30 places
+        answers = [{"plus_code": f"p{i}", "style": "brief", "facts": [h, 2], "names_place": True, "wrong_places": []}
+                   for i, h in enumerate(hits)]
+        places = {f"p{i}": {"logprob": -1.0, "tokens": 10, "fact_right": h, "fact_tokens": 2} for i, h in enumerate(hits)}
+        return {"answers": answers, "places": places}
+
+    def run(strategy, seed=0):
+        return {"strategy": strategy, "remove": 2, "loss": "kl", "steps": 4, "curve": [{"step": 0, "fact_accuracy": 0.5}]}
+
+    healed = {"a.s0": run("guided-heal"), "a.s1": run("guided-heal", 1), "b.s0": run("shortgpt"), "c.s0": run("random")}
+    final_of = {"a.s0": final([2] * 30), "a.s1": final([1] * 30), "b.s0": final([0] * 30),
+                "c.s0": final([1 + (i % 2) for i in range(30)])}
+    table = kinds(healed, final_of)
+    assert table["guided-heal@2/kl"]["runs"] == ["a.s0", "a.s1"]
+    assert table["guided-heal@2/kl"]["values"]["fact_recall"] == 0.75  # pooled over both seeds
+    rows = {(r["a"], r["b"]): r["metrics"] for r in comparisons(table, ["guided-heal", "shortgpt", "random"], 300)}
+    assert rows[("guided-heal", "shortgpt")]["fact_recall"]["verdict"] == "ahead"
+    assert rows[("shortgpt", "random")]["fact_recall"]["verdict"] == "behind"
+    assert rows[("guided-heal", "shortgpt")]["names_place"]["verdict"] == "cannot tell"  # all name their place
+    interval = rows[("guided-heal", "random")]["fact_recall"]
+    assert interval["low"] <= interval["difference"] <= interval["high"] and interval["places"] == 30
 
 
 def test_the_experiment_runs_end_to_end_on_the_micro_teacher(micro_teacher, tiny_corpus, tmp_path):
-    import json
     from pathlib import Path
 
     from bench.depth import main
 
-    out = tmp_path / "depth.md"
+    out, work = tmp_path / "depth.md", tmp_path / "work"
     pois = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
-    assert main(["--teacher", str(micro_teacher), "--data", str(tiny_corpus), "--work", str(tmp_path / "work"),
-                 "--out", str(out), "--seeds", "2", "--capture-samples", "4", "--calibration-samples", "4",
-                 "--limit", "2", "--max-new-tokens", "12", "--latency-queries", "1", "--pois", str(pois),
-                 "--device", "cpu"]) == 0
+    argv = ["--teacher", str(micro_teacher), "--data", str(tiny_corpus), "--work", str(work), "--out", str(out),
+            "--strategies", "guided,guided-heal,shortgpt,random", "--seeds", "2", "--counts", "1",
+            "--capture-samples", "4", "--calibration-samples", "4", "--candidates", "2", "--swap-rounds", "0",
+            "--probe-sets", "1", "--probe-swaps", "1", "--probe-steps", "2", "--heal-losses", "ce",
+            "--heal-steps", "5", "--heal-batch-size", "4", "--heal-lr", "3e-3", "--max-new-tokens", "8",
+            "--resamples", "200", "--pois", str(pois), "--device", "cpu"]
+    assert main(argv) == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["counts"] == [1, 2] and len(report["students"]) == 2 * (len(BASELINES) + 1 + 1)
-    for remove in (1, 2):
-        assert report["summary"][f"random@{remove}"]["known"]["kl"]["n"] == 2
-        assert len(report["students"][f"guided-r{remove}"]["removed"]) == remove
+    assert set(report["kinds"]) == {f"{s}@1/ce" for s in ("guided", "guided-heal", "shortgpt", "random")}
+    assert report["kinds"]["random@1/ce"]["runs"] == ["random0-r1+ce.s0", "random1-r1+ce.s0"]
+    for info in report["healed"].values():  # the same budget for all, a curve of at least 5 points after step 0
+        assert info["steps"] == 5 and [p["step"] for p in info["curve"]] == [0, 1, 2, 3, 4, 5]
+        assert all({"answer_logprob", "fact_accuracy"} <= set(p) for p in info["curve"])
+    # guided-heal probed its candidates; its winner's healing went on from its probe
+    probes = report["students"]["guided-heal-r1"]["probes"]
+    assert len(probes["candidates"]) >= 2 and sum(c["won"] for c in probes["candidates"]) == 1
+    assert report["healed"]["guided-heal-r1+ce.s0"]["continued_probe"]
+    # per-prompt results of every model: each known place in each style the corpus asks it in
+    prompts = report["answers"]["teacher"]
+    assert len(prompts) == report["places"]["prompts"] > report["places"]["known"] > 0
+    assert all({"plus_code", "style", "facts", "names_place", "wrong_places"} <= set(p) for p in prompts)
+    assert set(report["answers"]) == {"teacher", *report["healed"]}
+    pairs = {(r["a"], r["b"]) for r in report["comparisons"]}
+    assert ("guided", "guided-heal") in pairs and ("shortgpt", "random") in pairs and len(pairs) == 6
+    assert all(m["verdict"] in ("ahead", "behind", "cannot tell") for r in report["comparisons"]
+               for m in r["metrics"].values())
     text = out.read_text()
-    assert "## Verdict" in text and "| 2 | guided |" in text and "--out docs/results/depth.md" not in text
-    for split in ("test", "known"):
-        assert (tmp_path / f"depth_{split}.png").read_bytes()[:4] == b"\x89PNG"
+    for section in ("## Verdict", "## Differences between strategies", "## Healing curves", "## guided-heal's probes"):
+        assert section in text
+    assert "--out docs/results/depth.md" not in text and (tmp_path / "depth_curves_ce.png").read_bytes()[:4] == b"\x89PNG"
     # Re-rendering from the JSON gives the same document.
     assert main(["--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again.md")]) == 0
-    assert (tmp_path / "again.md").read_text() == text.replace("depth_", "again_").replace("depth.json", "again.json")
+    assert (tmp_path / "again.md").read_text() == text.replace("depth_", "again_")
+
+    # A rerun with one setting changed makes again what reads it, and only that.
+    plans = json.loads((work / "plans.json").read_text())["entries"]
+    assert main(argv[:argv.index("--candidates") + 1] + ["3"] + argv[argv.index("--candidates") + 2:]) == 0
+    again = json.loads((work / "plans.json").read_text())["entries"]
+    assert again["guided-r1"]["key"] != plans["guided-r1"]["key"]
+    assert again["guided-r1"]["result"]["plan"]["guided"]["config"]["candidates"] == 3
+    assert again["shortgpt-r1"] == plans["shortgpt-r1"] and again["random0-r1"] == plans["random0-r1"]
 
 
-def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_general_ability(
-        micro_teacher, tiny_corpus, tmp_path):
-    """--heal-steps, --budgets and --general on a 'fine-tuned' copy of the micro teacher whose base is the original."""
+def test_the_experiment_compares_healing_losses_budgets_and_general_ability(micro_teacher, tiny_corpus, tmp_path):
+    """--heal-losses, --budgets and --general on a 'fine-tuned' copy of the micro teacher whose base is the original."""
     import shutil
     from pathlib import Path
 
@@ -71,35 +102,26 @@ def test_the_experiment_heals_every_student_alike_and_measures_budgets_and_gener
     out = tmp_path / "real.md"
     pois = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
     assert main(["--teacher", str(teacher), "--data", str(tiny_corpus), "--work", str(tmp_path / "work"),
-                 "--out", str(out), "--seeds", "1", "--counts", "1", "--splits", "known", "--capture-samples", "4",
-                 "--calibration-samples", "4", "--limit", "2", "--max-new-tokens", "8", "--latency-queries", "0",
-                 "--pois", str(pois), "--device", "cpu", "--heal-steps", "2", "--heal-batch-size", "2",
-                 "--heal-method", "finetune", "--candidates", "2", "--swap-rounds", "0", "--budgets", "0.6",
-                 "--general", "--dtype", "bfloat16"]) == 0
+                 "--out", str(out), "--strategies", "guided,shortgpt", "--counts", "1", "--capture-samples", "4",
+                 "--calibration-samples", "4", "--candidates", "2", "--swap-rounds", "0", "--heal-losses", "ce,kl",
+                 "--heal-steps", "2", "--heal-batch-size", "2", "--curve-points", "2", "--styles", "brief",
+                 "--places", "2", "--max-new-tokens", "8", "--resamples", "100", "--pois", str(pois),
+                 "--device", "cpu", "--budgets", "0.6", "--general", "--dtype", "bfloat16"]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["teacher_name"] == "tuned" and report["teacher_kind"] == "fine-tuned"
-    assert set(report["summary"]) == {f"{s}@1{h}" for s in ("guided", *BASELINES) for h in ("", "+heal")}
-    assert len(report["verdict_healed"]) == len(report["verdict"]) > 0
-    healed = json.loads((tmp_path / "work" / "healed" / "guided-r1" / "heal.json").read_text())
-    assert healed["steps"] == 2
-    # evaluated in bf16, but healed on fp32 master weights
-    assert "bfloat16 weights" in report["machine"]
-    saved = json.loads((tmp_path / "work" / "healed" / "guided-r1" / "config.json").read_text())
-    assert saved.get("dtype", saved.get("torch_dtype")) == "float32"
-    kinds = {(e["kind"], e.get("healed", False)) for e in report["budget"].values()}
-    assert kinds == {(k, h) for k in ("depth", "width", "depth+width") for h in (False, True)}
-    for entry in report["budget"].values():
-        assert entry["shape"]["parameters"] <= 0.6 * report["teacher_params"]
-    assert report["general"]["teacher"]["kl"] >= 0 and report["general"]["guided-r1+heal"]["prompts"] > 50
+    assert report["places"] == {"known": 2, "prompts": 2, "styles": ["brief"]}
+    assert {(r["a"], r["b"], r["strategy"]) for r in report["loss_comparisons"]} == {
+        ("kl", "ce", "guided"), ("kl", "ce", "shortgpt")}
+    saved = json.loads((tmp_path / "work" / "healed" / "guided-r1+kl.s0" / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "float32"  # evaluated in bf16, healed on fp32 weights
+    kinds = {(e["kind"], e["loss"]) for e in report["budget"]["kinds"]}
+    assert kinds == {(k, loss) for k in ("depth", "width", "depth+width") for loss in ("ce", "kl")}
+    assert all(e["parameters"] <= 0.6 * report["teacher_params"] for e in report["budget"]["kinds"])
+    assert {(r["a"], r["b"]) for r in report["budget"]["comparisons"]} == {("width", "depth"), ("depth+width", "depth")}
+    assert report["general"]["teacher"]["kl"] >= 0 and report["general"]["guided-r1+kl.s0"]["prompts"] > 50
     text = out.read_text()
-    assert "### After healing (2 steps each)" in text and "| 1 | guided+heal |" in text
-    assert report["heal"]["method"] == "finetune" and "fine-tuned on the corpus answers" in text
-    assert report["guided"]["candidates"] == 2 and "2 candidate layers a step, 0 swap round(s)" in text
-    assert "## General ability" in text and "## Depth, width or both" in text
-    # our numbers beside the published ones: ShortGPT's quarter-depth cut and Minitron's width-vs-depth
-    anchors = text.split("## Against the published anchors")[1].split("## Latency")[0]
-    assert "shortgpt+heal keeps" in anchors and "At 60% of the parameters after healing: width (" in anchors
-    assert (tmp_path / "real_budget.png").read_bytes()[:4] == b"\x89PNG"
+    for section in ("## Healing losses at equal steps", "## General ability", "## Depth, width or both"):
+        assert section in text
 
 
 def test_inference_bench_writes_its_table(micro_teacher, tiny_corpus, tmp_path):
@@ -220,18 +242,3 @@ def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny
     assert [r["student_layer"] for r in ledger] == [0, 1, 2, 3]
     assert all(r["cosine_after"] > 0.999 for r in ledger)  # a model against itself
     assert "| 3 | 3 |" in out.read_text()
-
-
-def test_budget_students_without_healing_are_summed_up_and_set_against_minitron():
-    from bench.depth import _budget_sentences, _minitron_sentences
-
-    def entry(kind, recall, kl, params):
-        return {"kind": kind, "fraction": 0.5, "metrics": {"known": {"fact_recall": recall, "kl": kl}},
-                "shape": {"parameters": params}}
-
-    report = {"budget": {"depth-50pct": entry("depth", 0.0, 2.0, 67.3e6), "width-50pct": entry("width", 0.0, 1.5, 46.5e6),
-                         "depth+width-50pct": entry("depth+width", 0.0, 3.0, 60.3e6)}}
-    assert _budget_sentences(report) == ["- At 50% of the teacher's parameters, fact recall on known places: "
-                                         "depth 0.000, width 0.000, depth+width 0.000 (all tied)."]
-    assert _minitron_sentences(report)[1] == ("  - At 50% of the parameters: width (46.5M) 1.500 vs depth (67.3M) "
-                                              "2.000 (kl): width ahead, as Minitron found.")

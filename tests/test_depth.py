@@ -10,19 +10,10 @@ import pytest
 import torch
 
 from compress.calibration import encode_rows, split_rows
-from compress.depth import (
-    BASELINES,
-    PLAN_FILE,
-    Calibration,
-    GuidedConfig,
-    choose_removed,
-    delete_layers,
-    guided_removal,
-    layers_removed,
-    load_analysis,
-    make_plan,
-)
+from compress.depth import BASELINES, PLAN_FILE, StrategyInputs, choose, load_analysis, make_plan
 from compress.depth import main as depth_main
+from compress.guided import Calibration, GuidedConfig, guided_removal
+from compress.layers import delete_layers, layers_removed
 from models.checkpoint import save_model_dir
 from models.load import LoadOptions, decoder_layers, load_model
 
@@ -105,6 +96,10 @@ ANALYSIS = {
 }
 
 
+def choose_removed(strategy, analysis, remove, seed=0):
+    return choose(strategy, StrategyInputs(len(analysis["layers"]), analysis, seed=seed), remove)[0]
+
+
 def test_baselines_pick_what_their_papers_say():
     assert choose_removed("shortgpt", ANALYSIS, 3) == [2, 3, 5]
     assert choose_removed("angular", ANALYSIS, 3) in ([2, 3, 4], [3, 4, 5])
@@ -172,7 +167,7 @@ def test_angular_reads_a_real_analysis(micro_analysis):
     analysis = load_analysis(micro_analysis)
     block = choose_removed("angular", analysis, 2)
     assert len(block) == 2 and block[1] - block[0] == 1
-    plan = make_plan("angular", 4, 2, analysis)
+    plan = make_plan("angular", StrategyInputs(4, analysis), 2)
     assert plan.removed == block and all("closest in angle" in row["reason"] for row in plan.layers if not row["kept"])
 
 
@@ -210,3 +205,77 @@ def test_the_cli_refuses_what_it_cannot_do_with_a_reason(micro_teacher, tmp_path
     result = subprocess.run([sys.executable, "-m", "compress.depth", "--model", str(micro_teacher), "--out",
                              str(tmp_path / "x"), "--device", "cpu", *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_every_strategy_is_one_row_of_the_table_and_says_what_it_lacks():
+    from compress.depth import STRATEGIES, plan_settings
+
+    assert set(STRATEGIES) == {"guided", "guided-facts", "guided-heal", *BASELINES}
+    assert all(s.description and s.name == name for name, s in STRATEGIES.items())
+    with pytest.raises(ValueError, match="strategy guided needs calibration samples"):
+        choose("guided", StrategyInputs(8, ANALYSIS), 2)
+    with pytest.raises(ValueError, match="needs --analysis"):
+        choose("shortgpt", StrategyInputs(8), 2)
+    with pytest.raises(ValueError, match="unknown strategy 'deepest'"):
+        choose("deepest", StrategyInputs(8), 2)
+    # A plan is keyed by what its choice depends on, and by nothing else.
+    config = GuidedConfig()
+    assert plan_settings("random", config, seed=3) == {"strategy": "random", "draw": 3}
+    assert "candidates" in plan_settings("guided", config) and "fact_weight" not in plan_settings("guided", config)
+    assert "fact_weight" in plan_settings("guided-facts", config)
+    assert {"probe_steps", "probe_sets"} <= set(plan_settings("guided-heal", config))
+
+
+def test_the_fact_weighted_search_weighs_fact_tokens_as_told(micro_teacher, tiny_corpus):
+    from compress.guided import calibration_for
+
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    config = GuidedConfig(calibration_samples=6, fact_weight=4.0)
+    weighted = calibration_for(model, tok, tiny_corpus, config, ROOT / "tests" / "fixtures" / "pois_small.jsonl")
+    assert any(bool((w > 1).any()) for w in weighted.weights) and all(set(w.tolist()) <= {1.0, 4.0}
+                                                                       for w in weighted.weights)
+    measured = weighted.measure([1])
+    assert measured["fact_kl"] > 0 and measured["fact_kl"] != measured["kl"]
+    removed, trace = guided_removal(weighted, None, 1, config, progress=False, objective="fact_kl")
+    assert removed == [min(range(4), key=lambda l: weighted.measure([l])["fact_kl"])]
+    assert trace["objective_label"] == "KL with fact tokens x4"
+    plain = calibration_for(model, tok, tiny_corpus, config)  # no POI file: no facts to weigh
+    with pytest.raises(ValueError, match="POI file"):
+        guided_removal(plain, None, 1, config, progress=False, objective="fact_kl")
+
+
+def test_guided_heal_probes_every_candidate_and_the_winner_heals_on_from_its_probe(
+        micro_teacher, micro_analysis, tiny_corpus, tmp_path, monkeypatch):
+    from compress import guided_heal
+    from compress.depth import ProbeSetup, probe_folder
+    from compress.heal import heal
+    from compress.heal_config import HealConfig
+
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    config = GuidedConfig(calibration_samples=6, candidates=0, swap_rounds=0, probe_sets=2, probe_swaps=1,
+                          probe_steps=2)
+    calibration = Calibration(model, encode_rows(split_rows(tiny_corpus, "calibration", 6), tok), batch_size=4)
+    healing = HealConfig(method="finetune", max_steps=4, batch_size=4, eval_samples=4, warmup=1, lr=3e-3, patience=0)
+    inputs = StrategyInputs(4, load_analysis(micro_analysis), calibration, config,
+                            probe=ProbeSetup(healing, tiny_corpus, tok, tmp_path / "probes"), progress=False)
+    plan = make_plan("guided-heal", inputs, 3)
+    trace = plan.guided
+    sets = [tuple(c["removed"]) for c in trace["candidates"]]
+    assert len(sets) == len(set(sets)) >= 2  # every candidate once, whatever suggested it
+    assert any("guided" in c["sources"] for c in trace["candidates"])
+    assert any(set(c["sources"]) & set(BASELINES) for c in trace["candidates"])
+    winner = min(trace["candidates"], key=lambda c: c["probe_loss"])
+    assert plan.removed == winner["removed"] and winner["won"] and all(c["steps"] == 2 for c in trace["candidates"])
+    losers = [c for c in trace["candidates"] if not c["won"]]
+    assert trace["losers"]["steps"] == 2 * len(losers) and trace["losers"]["tokens"] == sum(c["tokens"] for c in losers)
+    assert trace["losers"]["flops"] > 0 and all(not Path(c["folder"]).exists() for c in losers)
+    assert all("healed best" in row["reason"] for row in plan.layers if not row["kept"])
+    # A rerun with the same settings probes nothing again.
+    monkeypatch.setattr(guided_heal, "probe", lambda *a: pytest.fail("probed again"))
+    assert make_plan("guided-heal", inputs, 3).removed == plan.removed
+    # The winner's healing continues its probe: the probe's two steps are two of its four.
+    student, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    delete_layers(student, plan.keep)
+    _, report = heal(student, None, tok, tiny_corpus, healing, tmp_path / "healed", plan.keep, progress=False,
+                     resume_from=probe_folder(plan))
+    assert report["continued_probe"] and report["steps"] == 4

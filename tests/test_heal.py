@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from compress import heal as heal_module
-from compress.depth import delete_layers
-from compress.heal import HealConfig, heal, procrustes, restrict_scores, schedule_sizes
+from compress.heal import HealConfig, cut_pairs, heal, procrustes, restrict_scores, schedule_sizes
+from compress.heal_config import HEAL_LOSSES, with_loss
+from compress.layers import delete_layers
 from compress.plots import plot_heal_curves
 from compress.width import importance_scores, prune_width
 from models.load import LoadOptions, load_model
@@ -147,3 +148,80 @@ def test_restricted_scores_prune_a_pruned_model_as_the_original_scores_would(mic
     prune_width(b, scores, ffn=96, hidden=40, heads=2)  # in one go
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_hidden_state_loss_at_the_cuts_meets_the_state_the_cut_layers_would_have_made():
+    # hidden_states[k] is the input of layer k; the last index is the final, normed output.
+    assert cut_pairs([0, 1, 3], 4) == [(2, 3)]  # layer 2 cut: the input of teacher layer 3 is the target
+    assert cut_pairs([0, 2], 4) == [(1, 2), (2, 4)]  # layer 1 cut, and layer 3 at the top: the outputs meet
+    assert cut_pairs([1, 2, 3], 4) == [(0, 1)]  # the first layer cut: the embeddings stand in for its output
+    assert cut_pairs([0, 1, 2, 3], 4) == []
+
+
+def test_every_healing_loss_trains_at_equal_steps_on_the_same_batches(micro_teacher, tiny_corpus, tmp_path):
+    teacher, _ = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    config = HealConfig(**{**FAST, "max_steps": 2, "eval_every": 2, "patience": 0})
+    reports = {}
+    for loss in HEAL_LOSSES:
+        student, tokenizer = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+        delete_layers(student, [0, 1, 3])
+        _, reports[loss] = heal(student, teacher, tokenizer, tiny_corpus, with_loss(config, loss), tmp_path / loss,
+                                [0, 1, 3], progress=False)
+    assert {r["steps"] for r in reports.values()} == {2} and len({r["tokens"] for r in reports.values()}) == 1
+    assert len({r["losses"][0][1] for r in reports.values()}) == len(HEAL_LOSSES)  # five different objectives
+    assert reports["ce"]["config"]["method"] == "finetune" and reports["kl+cuts"]["config"]["hidden_at"] == "cuts"
+    with pytest.raises(ValueError, match="unknown healing loss"):
+        with_loss(config, "mse")
+    student, tokenizer = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    with pytest.raises(ValueError, match="layer map"):
+        heal(student, teacher, tokenizer, tiny_corpus, with_loss(config, "kl+cuts"), tmp_path / "x", progress=False)
+
+
+def test_a_probe_is_the_first_steps_of_the_healing_that_continues_it(micro_teacher, tiny_corpus, tmp_path):
+    config = HealConfig(**{**FAST, "method": "finetune", "patience": 0})
+
+    def student():
+        model, tokenizer = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+        return delete_layers(model, [0, 2, 3]), tokenizer
+
+    model, tokenizer = student()
+    unbroken, full = heal(model, None, tokenizer, tiny_corpus, config, tmp_path / "unbroken", progress=False)
+    model, tokenizer = student()
+    _, probe = heal(model, None, tokenizer, tiny_corpus, config, tmp_path / "probe", progress=False, stop_after=2)
+    assert not probe["finished"] and probe["steps"] == 2 and (tmp_path / "probe" / "probe.json").is_file()
+    assert not (tmp_path / "probe" / "config.json").exists()  # no model: a probe is not a healing
+    assert probe["tokens"] < full["tokens"]
+    model, tokenizer = student()
+    continued, report = heal(model, None, tokenizer, tiny_corpus, config, tmp_path / "continued", progress=False,
+                             resume_from=tmp_path / "probe")
+    assert report["continued_probe"] and report["steps"] == 6 and report["tokens"] == full["tokens"]
+    assert report["losses"][:2] == probe["losses"]  # its first two steps are the probe's
+    a, b = weights(unbroken), weights(continued)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # Another healing (another seed) does not take the probe's steps as its own.
+    model, tokenizer = student()
+    _, other = heal(model, None, tokenizer, tiny_corpus, HealConfig(**{**FAST, "method": "finetune", "patience": 0,
+                                                                      "seed": 1}),
+                    tmp_path / "other", progress=False, resume_from=tmp_path / "probe")
+    assert not other["continued_probe"]
+
+
+def test_without_early_stopping_the_curve_runs_from_step_zero_and_the_last_weights_stay(
+        micro_teacher, tiny_corpus, tmp_path):
+    from pathlib import Path
+
+    from compress.heal_curve import HealCurve
+
+    student, tokenizer = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    delete_layers(student, [0, 1, 3])
+    curve = HealCurve.open(tiny_corpus, tokenizer, Path(__file__).parent / "fixtures" / "pois_small.jsonl")
+    config = HealConfig(**{**FAST, "method": "finetune", "patience": 0})
+    start = curve.measure(student)
+    healed, report = heal(student, None, tokenizer, tiny_corpus, config, tmp_path, progress=False, curve=curve)
+    assert [v["step"] for v in report["validations"]] == [0, 2, 4, 6]
+    assert all({"answer_logprob", "fact_accuracy"} <= set(v) for v in report["validations"])
+    assert report["after"] == report["validations"][-1] and report["curve"] == curve.key
+    # the first point is the student before healing, the last the weights it ends with
+    assert report["validations"][0]["answer_logprob"] == pytest.approx(start["answer_logprob"])
+    assert report["validations"][-1]["answer_logprob"] == pytest.approx(curve.measure(healed)["answer_logprob"])
+    assert report["validations"][-1]["answer_logprob"] != start["answer_logprob"]
