@@ -130,7 +130,7 @@ def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path)
     assert not (runs / "micro" / "heal" / "student" / "heal.json").exists()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "[6/9] width: unchanged, skipped" in done.stdout and "[7/9] heal: done" in done.stdout
+    assert "[6/10] width: unchanged, skipped" in done.stdout and "[7/10] heal: done" in done.stdout
     assert all(r["status"] == "done" for r in manifest(runs)["stages"].values())
 
 

@@ -4,8 +4,9 @@
     python -m compress.run --config configs/demo.toml --from heal  # redo heal and what follows
     python -m compress.run --config configs/qwen3-32b.toml --dry-run
 
-Stages: data -> teacher -> capture -> analyze -> depth -> width -> heal -> evaluate -> export, each writing
-into runs/<run_id>/<stage>/. runs/<run_id>/manifest.json records the config, package versions, git
+Stages: data -> teacher -> capture -> analyze -> depth -> width -> heal -> evaluate -> vocab -> export, each
+writing into runs/<run_id>/<stage>/ (vocab trims the healed student's vocabulary to what the corpus
+needs when [vocab] says `trim = true`). runs/<run_id>/manifest.json records the config, package versions, git
 commit, dataset snapshot hashes and, per stage, its status, timings, a fingerprint of its settings
 and of the outputs of the stages it reads, and the checksums of its own outputs. A stage whose
 fingerprint is unchanged and whose outputs are intact is skipped; a stage that was killed reruns,

@@ -6,6 +6,7 @@ schedule), [evaluate] EvalConfig: the same classes the stage CLIs build their fl
 default lives in one place. What a CLI takes as paths (model, corpus, output folder) and how it
 loads models (--dtype, --device) are not in them: the pipeline supplies those from its run folder
 and its [run] / [teacher] sections. A section's `seed`, unless the section sets one, is [run]'s.
+[vocab] is compress.vocab's VocabConfig: off unless it says `trim = true`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from compress.capture import CaptureConfig
 from compress.depth import DepthConfig
 from compress.evaluate import EvalConfig
 from compress.heal import HealConfig
+from compress.vocab import VocabConfig
 from compress.width import SIZES, WidthConfig
 from core.config import ConfigError, from_table
 from data.build import BuildConfig
@@ -107,6 +109,7 @@ class PipelineConfig:
     width: WidthConfig = WidthConfig()
     heal: HealSection = HealSection()
     evaluate: EvalConfig = EvalConfig()
+    vocab: VocabConfig = VocabConfig()  # off unless `trim = true`
     export: ExportSection = ExportSection()
     source: str = ""  # the TOML file it came from
 

@@ -94,7 +94,8 @@ def dry_run(config: PipelineConfig) -> str:
                      f"{c.num_key_value_heads:>5}{c.intermediate_size:>8}{parameter_count(c):>16,}")
     teacher_params, student_params = parameter_count(stages[0][1]), parameter_count(stages[-1][1])
     lines += ["", f"params: {_human(student_params)} ({student_params / teacher_params:.1%} of the teacher's "
-              f"{_human(teacher_params)})", "", "memory plan (estimates, GiB; an H100 holds 80):"]
+              f"{_human(teacher_params)})", *_vocab_lines(config, stages[-1][1]), "",
+              "memory plan (estimates, GiB; an H100 holds 80):"]
     for stage, what, gib in memory_plan(config, stages):
         gpus = max(1, math.ceil(gib * 1.15 / GPU_GIB))
         lines.append(f"  {stage:<15}{gib:>9.1f}  {what}; about {gpus} x 80 GiB GPU" + ("s" if gpus > 1 else ""))
@@ -102,6 +103,17 @@ def dry_run(config: PipelineConfig) -> str:
         lines.append("  stages above one GPU: load the teacher with [teacher] device = \"auto\" (device_map over every "
                      "GPU) and heal under `accelerate launch` with an FSDP config.")
     return "\n".join(lines)
+
+
+def _vocab_lines(config: PipelineConfig, student) -> list[str]:
+    """What [vocab] trimming works on; how much of it goes is known only once the corpus exists."""
+    if not config.vocab.trim:
+        return []
+    tied = getattr(student, "tie_word_embeddings", False)
+    rows = student.vocab_size * student.hidden_size * (1 if tied else 2)
+    where = "the embedding (tied to the output)" if tied else "the embedding and the lm_head"
+    return [f"vocab: trimmed after healing to the tokens the corpus needs; {where} hold "
+            f"{student.vocab_size:,} tokens, {_human(rows)} of the student's parameters"]
 
 
 def _human(n: int) -> str:

@@ -16,7 +16,7 @@ from transformers import AutoConfig
 from compress.evaluate import METRIC_LEGEND, metric_table
 from compress.pipeline.config import PipelineError, load_config
 from compress.pipeline.manifest import Run
-from compress.pipeline.stages import STAGES, evaluated_models, teacher_path
+from compress.pipeline.stages import STAGES, evaluated_models, final_student, teacher_path
 from compress.plots import plot_heal_curves, plot_qa
 from compress.transport.qa import read_log
 from core.artifacts import HEAL_FILE, MANIFEST_FILE, METRICS_FILE, RUN_REPORT_FILE, write_atomic
@@ -81,6 +81,8 @@ def _model_lines(run: Run) -> list[str]:
     lines = ["", "## Models", "", "| model | " + " | ".join(k for k, _ in SIZE_FIELDS) + " | params | weights |",
              "|---|" + "---:|" * (len(SIZE_FIELDS) + 2)]
     models = {"teacher": teacher_path(run), **evaluated_models(run)}
+    if run.config.vocab.trim:
+        models["depth+width, healed, vocabulary trimmed"] = str(final_student(run))
     return lines + [row for name, folder in models.items() if (row := model_row(name, Path(folder)))]
 
 

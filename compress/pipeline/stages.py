@@ -1,4 +1,4 @@
-"""The nine stages: what each reads, which section sets it, what it leaves, and the glue that runs
+"""The ten stages: what each reads, which section sets it, what it leaves, and the glue that runs
 it on a run folder (runs/<run_id>/<stage>/). The driver, the fingerprints and the report read these
 declarations; the work itself is the stage modules' (compress.capture, compress.depth, ...), the
 same functions their CLIs call."""
@@ -6,6 +6,7 @@ same functions their CLIs call."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
 from compress.pipeline.config import PipelineConfig, PipelineError
 from compress.pipeline.manifest import Run
+from compress.vocab import trim_checkpoint
 from compress.width import prune_to_width, width_scores
 from core.artifacts import (
     ANALYSIS_FILE,
@@ -82,6 +84,12 @@ def student_options(run: Run) -> LoadOptions:
 
 def corpus(run: Run) -> Path:
     return run.stage_dir("data")
+
+
+def final_student(run: Run) -> Path:
+    """What the exports are made of: the healed student, trimmed to the corpus's tokens when
+    [vocab] says so."""
+    return run.stage_dir("vocab") / "student" if run.config.vocab.trim else run.stage_dir("heal") / "student"
 
 
 def evaluated_models(run: Run) -> dict[str, str]:
@@ -202,9 +210,20 @@ def stage_evaluate(run: Run) -> dict:
                    for split in e.splits} for name, m in metrics["models"].items()}
 
 
+def stage_vocab(run: Run) -> dict:
+    # After evaluate, which compares the student's logits with the teacher's over the whole vocabulary.
+    v = run.config.vocab
+    if not v.trim:
+        shutil.rmtree(run.stage_dir("vocab"), ignore_errors=True)  # a trimmed student of an earlier setting
+        return {"trimmed": False}
+    report = trim_checkpoint(run.stage_dir("heal") / "student", corpus(run), final_student(run), v, student_options(run))
+    return {"tokens": report["tokens"]["after"], "of": report["tokens"]["before"],
+            "parameters": report["parameters"]["after"], "texts_checked": report["texts_checked"]}
+
+
 def stage_export(run: Run) -> dict:
     x = run.config.export
-    student = run.stage_dir("heal") / "student"
+    student = final_student(run)
     out = run.stage_dir("export")
     summary: dict = {}
     for quant in x.gguf:
@@ -249,7 +268,8 @@ STAGES = (
           outputs=(f"student/{HEAL_FILE}",)),
     Stage("evaluate", stage_evaluate, reads=("data", "teacher", "depth", "width", "heal"), section="evaluate",
           outputs=(METRICS_FILE, EVAL_REPORT_FILE)),
-    Stage("export", stage_export, reads=("data", "heal"), section="export"),
+    Stage("vocab", stage_vocab, reads=("data", "heal"), section="vocab"),  # its files only when it trims
+    Stage("export", stage_export, reads=("data", "heal", "vocab"), section="export"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
