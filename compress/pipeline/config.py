@@ -1,7 +1,8 @@
 """The pipeline's TOML file: one section per stage, each the stage's own config dataclass.
 
 [data] is data.build's BuildConfig, [capture] compress.capture's CaptureConfig, [analyze] the
-importance weights, [depth] DepthConfig, [width] WidthConfig, [heal] HealConfig (plus the
+importance weights, [depth] DepthConfig (compress.depth.STRATEGIES names the strategies;
+guided-heal's probe healing is [depth.probe]), [width] WidthConfig, [heal] HealConfig (plus the
 schedule), [evaluate] EvalConfig: the same classes the stage CLIs build their flags from, so a
 default lives in one place. What a CLI takes as paths (model, corpus, output folder) and how it
 loads models (--dtype, --device) are not in them: the pipeline supplies those from its run folder

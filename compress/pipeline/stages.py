@@ -15,7 +15,7 @@ import torch
 
 from compress.analyze import analyze
 from compress.capture import Sources, run_capture
-from compress.depth import kept_layers, prune_depth
+from compress.depth import kept_layers, probe_folder, prune_depth
 from compress.evaluate import Evaluation, evaluate, write_report
 from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
@@ -164,7 +164,8 @@ def stage_analyze(run: Run) -> dict:
 
 def stage_depth(run: Run) -> dict:
     model, plan = prune_depth(teacher_path(run), teacher_options(run), run.config.depth, run.stage_dir("depth"),
-                              analysis=run.stage_dir("analyze"), data=corpus(run))
+                              analysis=run.stage_dir("analyze"), data=corpus(run),
+                              pois=run.config.data.poi_files()[0])
     return {"kept": plan.keep, "removed": plan.removed, "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -196,7 +197,9 @@ def stage_heal(run: Run) -> dict:
     summary = {"student": {**schedule, "before": report["before"], "after": report["after"]}}
     if h.depth_only:
         student, tokenizer = load_model(str(run.stage_dir("depth")), student_options(run))
-        _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "depth-only", layers)
+        # guided-heal's winning probe is this healing's first steps when [heal] is its [depth.probe]
+        probe = probe_folder(json.loads((run.stage_dir("depth") / DEPTH_PLAN_FILE).read_text()))
+        _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "depth-only", layers, resume_from=probe)
         summary["depth-only"] = {"before": report["before"], "after": report["after"]}
     return summary
 
