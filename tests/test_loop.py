@@ -122,3 +122,32 @@ def test_bf16_autocasts_the_forward_and_fp32_the_default_does_not(tmp_path):
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         replace(CONFIG, precision="fp16")
+
+
+def test_a_cpu_trains_with_eager_attention_to_the_same_loss_and_the_model_keeps_its_own_kernel(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.loop import resolve_attention
+
+    assert resolve_attention("auto", torch.device("cpu")) == "eager"
+    assert resolve_attention("auto", torch.device("cuda")) is None and resolve_attention("sdpa", torch.device("cpu")) == "sdpa"
+
+    class Records(Task):
+        def loss(self, model, batch):
+            self.kernel = model.config._attn_implementation
+            return super().loss(model, batch)
+
+    def llama():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                            attn_implementation="sdpa"))
+
+    losses = {}
+    for attention in ("auto", "sdpa"):
+        task, model = Records(), llama()
+        result = train(model, task, examples(), 0, replace(CONFIG, steps=4, attention=attention), tmp_path / attention, "k")
+        assert task.kernel == ("eager" if attention == "auto" else "sdpa")
+        assert result.model.config._attn_implementation == "sdpa"  # saved and served as it came
+        losses[attention] = [loss for _, loss in result.state.losses]
+    assert losses["auto"] == pytest.approx(losses["sdpa"], abs=1e-5)

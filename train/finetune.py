@@ -59,6 +59,8 @@ class FinetuneConfig:
     lora_alpha: int = 32
     precision: str = field(default="auto", metadata={"help": "fp32, bf16, or auto (bf16 where native)",
                                                      "choices": PRECISIONS})
+    attention: str = field(default="auto", metadata={
+        "help": "attention kernel while training: auto (eager on a CPU), eager or sdpa"})
     eval_every: int | None = field(default=None, metadata={"help": "validate every N steps (default: per epoch)"})
     # Unset by default: a corpus held out by cell validates on places the teacher never sees, whose
     # loss rises as it memorises its own, so stopping on it would stop the learning that matters.
@@ -98,7 +100,7 @@ class TourTask(ProxyTask):
 
 def loop_config(config: FinetuneConfig, steps: int, per_epoch: int, progress: bool) -> LoopConfig:
     shared = ("batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "seed", "precision",
-              "patience", "checkpoint_every", "max_minutes")
+              "attention", "patience", "checkpoint_every", "max_minutes")
     return LoopConfig(steps=steps, eval_every=config.eval_every or per_epoch, name=f"finetune {config.method}",
                       keyed_by="base model, corpus or fine-tuning config", progress=progress,
                       **{k: getattr(config, k) for k in shared})
