@@ -292,6 +292,7 @@ def test_the_app_serves_the_same_site_at_offline_with_the_isolation_headers(site
     mount_offline(app)
     client = TestClient(app)
     assert client.get("/offline", follow_redirects=False).headers["location"] == "/offline/"
+    assert client.get("/offline?lat=1&ask=1", follow_redirects=False).headers["location"] == "/offline/?lat=1&ask=1"
     page = client.get("/offline/")
     assert page.status_code == 200 and page.text == (site_dir / "index.html").read_text()
     for name, value in (("cross-origin-opener-policy", "same-origin"), ("cross-origin-embedder-policy", "require-corp"),

@@ -7,14 +7,16 @@ same machine through `adb reverse`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from app.offline.site import HEADERS, TYPES, SiteConfig, collect, media_type
+from app.offline.site import HEADERS, TYPES, Site, SiteConfig, collect, media_type
 
 PREFIX = "/offline"
 
@@ -26,13 +28,27 @@ SERVED_HEADERS = {**HEADERS, "Cache-Control": "no-cache"}
 def mount_offline(app: FastAPI, model: str | None = None) -> None:
     """/offline/: the site `python -m app.offline build` writes, served from where its files are
     (nothing is copied). `model` is the server's default model if it is a GGUF; otherwise the shipped
-    one. The site is put together at its first request, so the server starts as fast as before."""
+    one. The site is put together in a thread beside the server's start-up (a few seconds: the
+    gazetteer, the model's hash), so the server starts as fast as before."""
     config = SiteConfig(model=model if model and Path(model).suffix == ".gguf" else None)
-    site = functools.cache(lambda: collect(config))
+    built = functools.cache(lambda: collect(config))
+    lock = threading.Lock()  # the first requests come together: one of them puts the site together
+
+    def site() -> Site:
+        with lock:
+            return built()
+
+    def warm() -> None:
+        with contextlib.suppress(FileNotFoundError):  # told to whoever asks for /offline/ (503)
+            site()
+
+    # Put together beside the server's start-up, so that the first visitor does not wait for it.
+    threading.Thread(target=warm, daemon=True).start()
 
     @app.get(PREFIX, include_in_schema=False)
-    def offline_root() -> RedirectResponse:
-        return RedirectResponse(PREFIX + "/")
+    def offline_root(request: Request) -> RedirectResponse:
+        query = request.url.query  # a shared link's ?lat=..&ask=1 goes along
+        return RedirectResponse(PREFIX + "/" + (f"?{query}" if query else ""))
 
     @app.get(PREFIX + "/{path:path}", include_in_schema=False)
     def offline_file(path: str) -> Response:
