@@ -42,6 +42,7 @@ GENERIC_WORDS = frozenset({"i", "i'm", "i've", "i'd", "i'll", "plus", "code", "c
 # the harbour" is cut at "of the" only when what follows is not capitalised).
 _CONNECTORS = frozenset({"of", "the", "de", "la", "le", "du", "des", "da", "di", "van", "von", "der", "den", "y", "&"})
 _DETERMINERS = frozenset({"the", "a", "an"})
+_TITLES = frozenset({"st", "mt", "dr", "mr", "mrs", "ms", "sr", "jr"})
 
 _UNITS = {w: n for n, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -157,61 +158,79 @@ def unsupported_numbers(text: str, request: GenerationRequest, spelled: bool = T
 # -- names ----------------------------------------------------------------------------------------
 
 
-def _phrases(sentence: str) -> Iterator[tuple[list[str], bool]]:
+def _phrases(sentence: str) -> Iterator[tuple[list[re.Match], bool]]:
     """Runs of capitalised words ("Museum of Contemporary Art"), each with whether it opens the
     sentence (or a clause after a colon, bracket or quote), where any word is capitalised."""
-    run: list[str] = []
+    run: list[re.Match] = []
     opens = False
     last_end = 0
     for m in _TOKEN.finditer(sentence):
         word, gap = m[0], sentence[last_end: m.start()]
-        # A full stop ends a name: split_sentences keeps "World War I. It was" together (an initial?).
-        joined = bool(run) and gap.isspace()
+        # A full stop ends a name (split_sentences keeps "World War I. It was" together, an initial?),
+        # except after a title: "St. James".
+        joined = bool(run) and (gap == " " or (gap == ". " and run[-1][0].lower() in _TITLES))
         capital = word[0].isupper()
         if run and joined and (capital or word.lower() in _CONNECTORS):
-            run.append(word)
+            run.append(m)
         else:
             if run:
                 yield run, opens
-            run, opens = ([word], _OPENS_CLAUSE.search(sentence[: m.start()]) is not None) if capital else ([], False)
+            run, opens = ([m], _OPENS_CLAUSE.search(sentence[: m.start()]) is not None) if capital else ([], False)
         last_end = m.end()
     if run:
         yield run, opens
 
 
-def _trim(words: list[str]) -> list[str]:
-    """A phrase without its leading article and trailing connectors: 'The Rocks of' -> 'Rocks'."""
-    while words and (words[0].lower() in _DETERMINERS or words[0].lower() in _CONNECTORS):
+def _generic(word: str) -> bool:
+    return word.lower().replace("’", "'") in GENERIC_WORDS
+
+
+def _trim(words: list[re.Match]) -> list[re.Match]:
+    """A phrase without its leading article, generic words at either end and trailing connectors:
+    'The Rocks of' -> 'Rocks', 'Plus Code Sydney' -> 'Sydney'."""
+    while words and (words[0][0].lower() in _DETERMINERS | _CONNECTORS or _generic(words[0][0])):
         words = words[1:]
-    while words and words[-1].lower() in _CONNECTORS:
+    while words and (words[-1][0].lower() in _CONNECTORS or _generic(words[-1][0])):
         words = words[:-1]
     return words
 
 
 class _Source:
-    """The request's words, folded, for looking phrases up."""
+    """The request's words, folded, for looking phrases up; `places` are its locality and country
+    names, which a writer may run into a name ("Kirribilli House Sydney")."""
 
-    def __init__(self, pieces: Iterable[str]):
+    def __init__(self, pieces: Iterable[str], places: Iterable[str]):
         folded = [fold(p) for p in pieces]
         self.joined = " | " + " | ".join(folded) + " | "
         self.words = {w for p in folded for w in p.split()}
+        self.places = sorted({fold(p) for p in places if p}, key=len, reverse=True)
 
-    def has(self, words: list[str], whole: bool) -> bool:
-        claim = [w for w in fold(" ".join(words)).split() if w not in GENERIC_WORDS]
-        if not claim:
-            return True
+    def _found(self, claim: str, whole: bool) -> bool:
         if whole:
-            return f" {fold(' '.join(words))} " in self.joined
-        return all(w in self.words or w in _CONNECTORS for w in claim)
+            return f" {claim} " in self.joined
+        return all(w in self.words or w in _CONNECTORS for w in claim.split())
+
+    def has(self, words: list[re.Match], whole: bool) -> bool:
+        claim = fold(" ".join(w[0] for w in words))
+        if not claim or self._found(claim, whole):
+            return True
+        for place in self.places:  # a name with the locality or country run into it, either end
+            for rest in (claim.removesuffix(f" {place}"), claim.removeprefix(f"{place} ")):
+                if rest != claim and self._found(rest, whole):
+                    return True
+        return False
 
 
 def unsupported_names(text: str, request: GenerationRequest, whole: bool = True,
                       also: Iterable[str] = ()) -> list[Unsupported]:
     """Capitalised phrases the request does not hold. `also` are names already judged elsewhere
     (another cell's POI, reported as a wrong place), which are not reported twice."""
-    source = _Source([*request_texts(request), *also])
+    places = [request.locality, request.country, *(p.locality for p in request.pois)]
+    source = _Source([*request_texts(request), *also], places)
     found = []
-    for sentence in split_sentences(_without_codes(text)):
+    # A line break ends a sentence and a name: a list or a heading runs into the next line without a stop.
+    sentences = [s for line in _without_codes(text).splitlines() for s in split_sentences(line)]
+    for sentence in sentences:
         for words, opens in _phrases(sentence):
             phrase = _trim(words)
             if not phrase or source.has(phrase, whole):
@@ -222,7 +241,7 @@ def unsupported_names(text: str, request: GenerationRequest, whole: bool = True,
                 rest = _trim(phrase[1:])
                 if not rest or source.has(rest, whole):
                     continue
-            found.append(Unsupported("name", " ".join(phrase)))
+            found.append(Unsupported("name", sentence[phrase[0].start(): phrase[-1].end()]))
     return found
 
 

@@ -89,6 +89,14 @@ def test_a_name_must_occur_in_the_request_and_sentence_openers_are_not_names():
     assert spans("Napoleon never saw it.", request) == []
 
 
+def test_a_name_is_quoted_as_written_and_ends_at_a_line_break():
+    request = request_for("kirribilli-house")
+    assert spans("Robert Campbell\nLocated on the harbour. A visit to St. Mary's Cathedral.", request) == [
+        ("name", "Robert Campbell"), ("name", "St. Mary's Cathedral")]
+    # the cell's locality (or the country) run into a name, and the app's own words, are no invention
+    assert spans("Kirribilli House Sydney is at Plus Code 46X9+CM Sydney, Australia.", request) == []
+
+
 def test_lenient_accepts_recombined_names_and_spelled_numbers_strict_does_not():
     request = request_for("sydney-opera-house")
     text = "The Utzon Opera House took fourteen years."
