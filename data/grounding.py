@@ -11,7 +11,8 @@ interests, the country and the language: what the writer was shown (data.generat
 
 Modes:
 - strict: numbers in digits and in words ("fourteen", "two hundred"); a name phrase must occur whole,
-  as consecutive words of the request ("King David" fails, "the Opera House" passes).
+  as consecutive words of the request ("King David" fails, "the Opera House" passes), give or take
+  the cell's locality or country run into it at either end ("Kirribilli House Sydney").
 - lenient: numbers in digits only; each capitalised word of a phrase must occur somewhere in the
   request, so a recombination ("Utzon's Opera House") passes and a word from nowhere fails.
 - off: no check.
