@@ -30,7 +30,7 @@ Event = tuple[str, dict]  # ("place" | "token" | "done" | "error", payload)
 class ServingConfig:
     """How the server shares its slots among visitors (`python -m app --help` lists them)."""
 
-    max_queue: int = field(default=8, metadata={
+    max_queue: int = field(default=16, metadata={
         "help": "requests that may wait for a busy model; past it a request gets 503 at once"})
     queue_wait_s: float = field(default=20.0, metadata={
         "help": "seconds a request waits for a free model before 503 with Retry-After"})
