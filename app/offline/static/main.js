@@ -170,6 +170,7 @@ class Page {
     $("far").hidden = !header.notice;
     $("far").textContent = header.notice || "";
     $("withheld").hidden = true;
+    $("reply").scrollIntoView({ behavior: "smooth", block: "nearest" }); // on a phone the answer is below the form
     const hold = this.guide.held(header);
     setState("answering", hold ? "Writing… (shown when whole: nothing the guide knows is near)" : "Writing…");
     try {
