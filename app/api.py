@@ -41,6 +41,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -101,12 +102,18 @@ def _busy(exc: Busy) -> JSONResponse:
                         headers={"retry-after": str(exc.retry_after_s)})
 
 
-async def _start(guide: TourGuide, plan: Plan) -> Job | JSONResponse:
-    """The answer begun in a context of its own, or 503 while no byte of it has been sent."""
+async def _start(guide: TourGuide, plan: Plan, request: Request) -> Job | Response:
+    """The answer begun in a context of its own, or 503 while no byte of it has been sent. A client
+    that hangs up while it waits in line leaves the line: it would take a context for nobody."""
+    abandoned = threading.Event()
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    watch.add_done_callback(lambda task: task.cancelled() or guide.abandon(abandoned))
     try:
-        return await run_in_threadpool(guide.start, plan)  # waits at most serving.queue_wait_s
+        return await run_in_threadpool(guide.start, plan, None, abandoned)  # waits at most queue_wait_s
     except Busy as exc:
-        return _busy(exc)
+        return Response(status_code=499) if abandoned.is_set() else _busy(exc)
+    finally:
+        watch.cancel()
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -167,8 +174,8 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
         plan = await _read_plan(request, guide)
         if isinstance(plan, Response):
             return plan
-        job = await _start(guide, plan)
-        if isinstance(job, JSONResponse):
+        job = await _start(guide, plan, request)
+        if isinstance(job, Response):
             return job
         answer, gone = asyncio.ensure_future(_final(job)), asyncio.ensure_future(_until_disconnect(request))
         try:
@@ -191,7 +198,7 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
         plan = await _read_plan(request, guide)
         if isinstance(plan, Response):
             return plan
-        job = await _start(guide, plan)
-        return job if isinstance(job, JSONResponse) else JobStream(job)
+        job = await _start(guide, plan, request)
+        return job if isinstance(job, Response) else JobStream(job)
 
     return app

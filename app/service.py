@@ -238,16 +238,23 @@ class TourGuide:
         yield "done", {**plan.header, "description": description, "withheld": withheld,
                        "timings": stats.to_dict() if stats else None}
 
-    def start(self, plan: Plan, options: GenerationOptions | None = None) -> Job:
+    def start(self, plan: Plan, options: GenerationOptions | None = None,
+              abandoned: threading.Event | None = None) -> Job:
         """The answer, begun in a slot of its own in a thread of its own (see app.jobs). Waits up to
-        `serving.queue_wait_s` for a slot, behind at most `serving.max_queue` others; `Busy` else."""
+        `serving.queue_wait_s` for a slot, behind at most `serving.max_queue` others, and not at all
+        once `abandoned` is set (see `abandon`); `Busy` else."""
         if self.stopping:
             raise Busy("the server is shutting down", 1)
-        lease = self.backend.pool.acquire(self.serving.queue_wait_s)
+        lease = self.backend.pool.acquire(self.serving.queue_wait_s, abandoned)
         job = Job(lambda cancel: self.stream(plan, options, cancel, lease), lease, self._forget)
         with self._jobs_lock:
             self._jobs.add(job)
         return job.start()
+
+    def abandon(self, abandoned: threading.Event) -> None:
+        """A request still waiting in line lost its client: it leaves the line, taking no slot."""
+        abandoned.set()
+        self.backend.pool.wake()
 
     def _forget(self, job: Job) -> None:
         with self._jobs_lock:

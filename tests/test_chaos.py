@@ -160,6 +160,27 @@ def test_a_plain_post_whose_client_leaves_stops_its_answer(live):
     assert live.health()["answers"]["cancelled"] == before + 1
 
 
+def test_clients_who_leave_while_waiting_in_line_give_their_place_back(live):
+    busy = [threading.Thread(target=live.post, args=("/tour-guide", OPERA)) for _ in range(2)]
+    for t in busy:
+        t.start()
+    while live.health()["contexts"]["busy"] < 2:
+        time.sleep(0.01)
+    leavers = [threading.Thread(target=raw_request, args=(live.port, "/tour-guide", OPERA, 0.2))
+               for _ in range(SERVING.max_queue)]  # the whole line, then gone
+    for t in leavers:
+        t.start()
+    for t in leavers:
+        t.join()
+    time.sleep(0.1)
+    assert live.health()["queue"] == 0  # nobody waits for them: the line is free for the next visitor
+    status, _, _ = live.post("/tour-guide", OPERA)
+    assert status == 200
+    for t in busy:
+        t.join()
+    live.settled()
+
+
 def test_a_slow_reader_holds_no_context_once_its_answer_is_written(live):
     whole = {}
 

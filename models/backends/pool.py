@@ -80,9 +80,11 @@ class Pool(Generic[T]):
         self._cond = threading.Condition()
         self._mean_hold_s = _FIRST_GUESS_S  # a running mean of how long answers hold a slot
 
-    def acquire(self, timeout_s: float | None = None) -> Lease[T]:
+    def acquire(self, timeout_s: float | None = None, abandoned: threading.Event | None = None) -> Lease[T]:
         """A free slot, waiting up to `timeout_s` (None: as long as it takes) behind at most
-        `max_waiting` others; Busy otherwise."""
+        `max_waiting` others; Busy otherwise. A waiter whose `abandoned` is set (its client left;
+        call `wake` after setting it) leaves the line with Busy at once instead of taking a slot."""
+        gone = abandoned.is_set if abandoned is not None else lambda: False
         with self._cond:
             if self._closed:
                 raise Busy("the server is shutting down", self._retry_after())
@@ -91,11 +93,14 @@ class Pool(Generic[T]):
                            self._retry_after())
             self._waiting += 1
             try:
-                ready = self._cond.wait_for(lambda: self._free or self._closed, timeout_s)
+                ready = self._cond.wait_for(lambda: self._free or self._closed or gone(), timeout_s)
             finally:
                 self._waiting -= 1
             if self._closed:
                 raise Busy("the server is shutting down", self._retry_after())
+            if gone():
+                self._cond.notify()  # the slot this waiter may have been woken for goes to the next
+                raise Busy("the client left while it waited", self._retry_after())
             if not ready:
                 raise Busy(f"no slot came free within {timeout_s:g} s", self._retry_after())
             lease = Lease(self, self._free.pop(), time.monotonic())
@@ -110,6 +115,11 @@ class Pool(Generic[T]):
             self._free.append(lease.item)
             self._mean_hold_s = 0.8 * self._mean_hold_s + 0.2 * (time.monotonic() - lease.since)
             self._cond.notify()
+
+    def wake(self) -> None:
+        """Let every waiter look again (one of them was abandoned)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Refuse every new lease and wake every waiter with Busy; held leases stay until released."""
