@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = run(args, argv if argv is not None else sys.argv[1:], out)
         write_json(out.with_suffix(".json"), report)
+    out.parent.mkdir(parents=True, exist_ok=True)
     curve_plots(report, out)
     write_atomic(out, render(report))
     print(f"wrote {out}")

@@ -60,7 +60,7 @@ def _intro(report: dict) -> list[str]:
 
 
 def _cell(entry: dict) -> str:
-    mark = {"ahead": " **ahead**", "behind": " **behind**"}.get(entry["verdict"], "")
+    mark = {"ahead": " **ahead**", "behind": " **behind**"}.get(entry["verdict"], "")  # of A, against B
     return f"{_signed(entry['difference'])} [{_signed(entry['low'])}, {_signed(entry['high'])}]{mark}"
 
 
@@ -69,12 +69,12 @@ def _verdicts(report: dict) -> list[str]:
     for remove in report["counts"]:
         for loss in report["heal"]["losses"]:
             rows = [r for r in report["comparisons"] if (r["remove"], r["loss"]) == (remove, loss)]
-            for metric in ("fact_recall", "fact_accuracy"):
-                told = [f"{r['a']} {r['metrics'][metric]['verdict']} {r['b']} ({_cell(r['metrics'][metric])})"
-                        for r in rows if r["metrics"][metric]["verdict"] != "cannot tell"]
-                said = "; ".join(told) if told else "no two strategies can be told apart"
-                lines.append(f"- {remove} of {report['num_layers']} removed, {loss} healing, "
-                             f"{METRICS[metric][0]}: {said}.")
+            told = [f"{r['a']} {r['metrics'][m]['verdict']} {r['b']} on {METRICS[m][0]} ({_cell(r['metrics'][m])})"
+                    .replace(" ahead ", " ahead of ")
+                    for m in METRICS for r in rows if r["metrics"][m]["verdict"] != "cannot tell"]
+            said = ("; ".join(told) + "; every other difference: cannot tell") if told else \
+                "no two strategies can be told apart on any measure"
+            lines.append(f"- {remove} of {report['num_layers']} layers removed, {loss} healing: {said}.")
     teacher = report["teacher_final"]
     lines.append(f"- The teacher itself: fact recall {_f(teacher['fact_recall'])}, names the place "
                  f"{_f(teacher['names_place'])}, names another place {_f(teacher['wrong_place'])}, fact-token accuracy "
