@@ -50,7 +50,6 @@ def test_the_lead_line_names_the_place_and_where_it_is_from_the_pin(north_m, eas
 def test_far_from_everything_the_notice_names_the_nearest_and_how_far():
     nearest = Coverage([place_at("far-west", 0, -2340)]).nearest(encode(*PIN))
     assert far_notice(nearest) == ("This model knows no place within 500 m of this spot (the nearest is Far West, "
-                                   "2.3 km away). The description below is not backed by facts it learnt and may be "
-                                   "invented.")
+                                   "2.3 km away).")
     assert "(the nearest is Far West, 640 m away)" in far_notice(Coverage([place_at("far-west", 0, -641)]).nearest(
         encode(*PIN)))
