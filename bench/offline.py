@@ -361,9 +361,9 @@ def reading(report: dict) -> list[str]:
     spread = ", ".join(f"{m:.3f}" for m in sorted({round(m, 3) for m in margins}))
     lines.append(f"- {total - len(found)} of {total} greedy answers are identical word for word. Of the {len(found)} "
                  f"others, {at_first} part at their first token; where they part, the browser's two likeliest tokens "
-                 f"were {spread} nats apart: near ties. The corpus opens a description in a few set ways, which the model learnt as near-equal "
-                 "first words, and WebAssembly's SIMD kernels sum in another order than x86's. The test "
-                 "(tests/test_offline.py) allows a parting only at a margin under 0.25 nats.")
+                 f"were {spread} nats apart: near ties. The corpus opens a description in a few set ways, which "
+                 "the model learnt as near-equal first words, and WebAssembly's SIMD kernels sum in another order "
+                 "than x86's. The test (tests/test_offline.py) allows a parting only at a margin under 0.25 nats.")
     shifts = [(b1, b512) for run in report["runs"] for b1, b512 in zip(run["native_first_margins"].get("1", []),
                                                                         run["native_first_margins"].get("512", []))]
     if shifts:

@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -280,6 +281,41 @@ def test_the_page_tells_a_refusal_from_an_invented_answer_as_the_server(visit, g
     wrong = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
     assert not wrong, f"{len(wrong)} of {len(texts)} verdicts differ: {wrong[:3]}"
     assert sum(not e for e in expected) >= len(REFUSALS) + 2 and len({c for e in expected for c in e}) >= 5
+
+
+def test_a_new_build_replaces_the_cached_model_when_the_app_next_opens(site_dir, browser, tmp_path):
+    from app.offline.site import SiteConfig, build, default_model
+
+    site = tmp_path / "site"
+    shutil.copytree(site_dir, site)
+    context = browser.new_context()
+    with served(site) as (_, url):
+        page = context.new_page()
+        page.goto(url)
+        assert wait_for(page, "ready", "error") == "ready"
+        old = page.evaluate("window.tourGuide.config.model.url")
+        build(SiteConfig(model=str(default_model().with_name("tour-guide-demo.gguf"))), site)  # another model
+        page.close()
+        page = context.new_page()  # the app opened again: still the old build, the new one saved beside it
+        page.goto(url)
+        assert wait_for(page, "ready", "error") == "ready" and page.evaluate("window.tourGuide.config.model.url") == old
+        page.wait_for_function("navigator.serviceWorker.getRegistration().then(r => r && r.waiting !== null)",
+                               timeout=120_000)
+        page.close()
+        for _ in range(10):  # and once more: the new build, once the browser has put its worker in charge
+            page = context.new_page()
+            page.goto(url)
+            assert wait_for(page, "ready", "error") == "ready"
+            new = page.evaluate("window.tourGuide.config.model.url")
+            if new != old:
+                break
+            page.close()
+            time.sleep(0.5)
+        assert new.startswith("model/tour-guide-demo-")
+        assert page.evaluate("caches.keys()") == [json.loads((site / "sw.js").read_text().split("VERSION = ")[1]
+                                                              .split(";")[0])]
+        assert page.evaluate("url => caches.match(url).then(r => r === undefined)", old)
+    context.close()
 
 
 def test_the_app_serves_the_same_site_at_offline_with_the_isolation_headers(site_dir):

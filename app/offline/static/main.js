@@ -218,7 +218,12 @@ async function main() {
   window.tourGuide = Object.assign(guide, { timings }); // for the tests and the benchmark
   const page = new Page(guide);
   const problem = await keepOffline((message) => {
-    if (message.kind === "cached") $("status").textContent = `Saving for offline use: ${message.done} of ${message.total} files…`;
+    if (message.kind !== "cached") return;
+    const saving = `${message.done} of ${message.total} files`;
+    // A new build arriving while this one runs is saved beside it, for the next time the app opens.
+    if (document.body.dataset.state === "loading") $("status").textContent = `Saving for offline use: ${saving}…`;
+    else $("offline").textContent = message.done < message.total ? `Saving an update: ${saving}…` :
+      "An update is saved: it opens next time.";
   });
   timings.offline_ready_ms = performance.now();
   if (problem) $("offline").textContent = problem;
