@@ -19,8 +19,8 @@ export class Runtime {
   // The GGUF from this site (the service worker's cache once installed), then into the WASM heap.
   // `threads` 0: the build's setting, else one per physical core (half the logical ones), at most 4.
   // Not more: llama.cpp's threads meet at a barrier every layer, and one that shares its core with
-  // other work stalls the rest (on this project's 2-core machine under load, 2 threads decoded at
-  // 1 token/s where 1 thread made 13; bench.offline measures both).
+  // other work stalls the rest (bench.offline on this project's 2-core machine under load: 15.8
+  // tokens/s on 1 thread, 3.3 on 2; see the README).
   async load(onBytes, threads = 0) {
     const model = this.config.model;
     let start = performance.now();
