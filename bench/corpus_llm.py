@@ -233,7 +233,8 @@ def render(report: dict, command: str) -> str:
         f"a time, max_tokens {report['max_tokens']}, temperature 0.7; the first {report['per_split']} requests of "
         f"each split of the shipped Sydney corpus, {report['rewrites']} rewrites). Seconds are the writer's, per "
         "try as first written (the two runs share their first tries through the cache); the machine was shared "
-        "with other jobs, so compare them only within this table (±20% or worse).",
+        "with other jobs, so compare them only within this table (±20% or worse). Every try is cached in --work: "
+        "the command run again reads them all and reproduces these numbers without a request.",
         "",
         *_table(report),
         "",

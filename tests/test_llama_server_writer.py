@@ -97,3 +97,21 @@ def test_the_openai_writer_through_llama_cpp_s_server_writes_checks_rewrites_and
     assert again["rewrites"] == tally
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl"):
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "corpus" / name).read_bytes()
+
+
+def test_the_corpus_llm_bench_runs_both_checks_and_renders_its_report(tmp_path):
+    from bench.corpus_llm import main
+
+    out = tmp_path / "corpus-llm.md"
+    assert main(["--gguf", str(DEMO_GGUF), "--per-split", "1", "--rewrites", "1", "--max-tokens", "24",
+                 "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert set(report["runs"]) == {"off", "strict"}
+    for run in report["runs"].values():
+        assert run["summary"]["requests"] == 3 and run["summary"]["grounding"] in ("off", "strict")
+    assert report["review"]["accepted"] == report["runs"]["strict"]["summary"]["rewrites"]["accepted"]
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Corpus written by tour-guide-demo through llama.cpp's server")
+    assert report["command"].startswith("python -m bench.corpus_llm --gguf ") and report["command"] in text
+    assert "| accepted, first write |" in text and "Rejection reasons, grounding strict" in text
+    assert (tmp_path / "work" / "review.md").is_file()
