@@ -103,11 +103,12 @@ def speed(targets, corpus: Path, rounds: int, repeats: int, max_tokens: int) -> 
     a change in the machine's load falls on both."""
     results = []
     for r in range(rounds):
+        bandwidth = copy_bandwidth()  # each round: other jobs depress it too
         for target in targets:
             result = run_in_child(target, str(corpus), repeats, max_tokens)
             print(f"round {r + 1} {target.model}: decode {result['decode_tok_s']:.0f} tok/s, brief "
                   f"{result['brief_s'] * 1000:.0f} ms", flush=True)
-            results.append({**result, "round": r + 1, "load_avg": os.getloadavg()[0]})
+            results.append({**result, "round": r + 1, "load_avg": os.getloadavg()[0], "bandwidth_bytes_s": bandwidth})
     return results
 
 
@@ -180,6 +181,10 @@ def dropped_in(texts: list[str], before: Path, after: Path) -> list[int]:
 # ---------------------------------------------------------------- the report
 
 
+def _bytes(rows: list[dict], model: str) -> int:
+    return next(r["weight_bytes"] for r in rows if r["model"] == model)
+
+
 def _in_round(rows: list[dict], round_: int, key: str, model: str) -> float:
     return next(r[key] for r in rows if r["round"] == round_ and r["model"] == model)
 
@@ -226,12 +231,14 @@ def _exact_lines(report: dict) -> list[str]:
 
 
 def _speed_lines(report: dict) -> list[str]:
-    bw, rows = report["bandwidth_bytes_s"], report["speed"]
+    rows = report["speed"]
+    bw = max(r["bandwidth_bytes_s"] for r in rows)
     lines = ["## Speed: llama.cpp q8_0 (bench.inference)", "",
              f"Each row a fresh child process of bench.inference: one warm-up, {report['queries']} queries x "
-             f"{report['repeats']} repeats, greedy, max {report['max_tokens']} tokens, medians. *bound* = copy bandwidth "
-             f"({bw / 1e9:.1f} GB/s) / weight bytes read per token; *ratio* = decode / bound; *load* = the machine's "
-             "1-minute load average when the row finished (other jobs share its 2 cores).", "",
+             f"{report['repeats']} repeats, greedy, max {report['max_tokens']} tokens, medians. *bound* = copy "
+             f"bandwidth (measured before each round, the best of them: {bw / 1e9:.1f} GB/s) / weight bytes read per "
+             "token; *ratio* = decode / bound; *load* = the machine's 1-minute load average when the row finished "
+             "(other jobs share its 2 cores).", "",
              "| round | model | decode tok/s | TTFT ms | brief ms (max) | bound tok/s | ratio | peak RSS MiB | load |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -248,8 +255,10 @@ def _speed_lines(report: dict) -> list[str]:
               + f" (median {statistics.median(ratios['decode_tok_s']):.2f}x); brief answer "
               + ", ".join(f"{x:.2f}x" for x in ratios["brief_s"]) + f" (median {statistics.median(ratios['brief_s']):.2f}x).",
               f"Best of the rounds (another job only ever slows a row): decode {best['before'][0]:.0f} -> "
-              f"{best['after'][0]:.0f} tok/s, brief answer {best['before'][1] * 1000:.0f} -> {best['after'][1] * 1000:.0f} ms.",
-              ""]
+              f"{best['after'][0]:.0f} tok/s ({best['after'][0] / best['before'][0]:.2f}x; "
+              + " and ".join(f"{best[m][0] * _bytes(rows, m) / bw:.2f}" for m in PAIR)
+              + f" of the bound), brief answer {best['before'][1] * 1000:.0f} -> {best['after'][1] * 1000:.0f} ms "
+              f"({best['after'][1] / best['before'][1]:.2f}x).", ""]
     return lines
 
 
@@ -285,10 +294,11 @@ def _shipped(s: dict) -> str:
 def render(report: dict) -> str:
     return "\n".join([
         "# Vocabulary trimming (compress.vocab) on the shipped model", "",
-        f"Command: `{report['command']}`  ", f"Machine: {report['machine']}.", "",
+        f"Command: `{report['command']}`  ", f"Machine: {report['machine']}"
+        + (f"; run {report['when']}." if report.get("when") else "."), "",
         "Before: `models/tour-guide.gguf` (q8_0) dequantised to a float32 checkpoint by models.pretrained.convert "
         "(its torch checkpoint is not in the repository). After: that checkpoint trimmed by compress.vocab against "
-        "the ship corpus (configs/smollm2-ship.toml's [data], built by data.build in this run: "
+        "the ship corpus (configs/smollm2-ship.toml's [data], built by data.build into the work folder the first time: "
         f"{report['corpus_rows']:,} rows). Both exported to q8_0 by export.gguf in this run, so the two differ in "
         f"the vocabulary alone. {_shipped(report['shipped'])}", "",
         *_size_lines(report), *_exact_lines(report), *_speed_lines(report), *_facts_lines(report)])
@@ -328,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
               "trim": trim, "corpus_rows": sum(len(read_split(corpus, s)) for s in SPLITS),
               "exactness": exactness(before, after, ggufs, corpus),
               "shipped": {"file": str(gguf), **same_tensors(gguf, ggufs["before"])}}
-    report["bandwidth_bytes_s"] = copy_bandwidth()
     report["speed"] = speed(targets, corpus, args.rounds, args.repeats, args.max_tokens)
     report["gguf"] = {m: {k: next(r[k] for r in report["speed"] if r["model"] == m)
                           for k in ("file_bytes", "weight_bytes")} for m in PAIR}
