@@ -65,7 +65,6 @@ class Job:
                  on_end: Callable[[Job], None] = lambda job: None):
         self.cancelled = threading.Event()
         self.started = time.monotonic()
-        self.finished = threading.Event()
         self.outcome: str | None = None  # how it ended: a finish reason (stop, length, time, cancelled) or error
         self._events: list[Event] = []
         self._cond = threading.Condition()
@@ -105,7 +104,6 @@ class Job:
             self._push(("error", {"error": f"generation failed: {exc}"}))
         finally:
             self._lease.release()
-            self.finished.set()
             self._push(("end", {}))
             self._on_end(self)
 
