@@ -25,6 +25,7 @@ from data.generate.rewrite import RewriteTally, write_checked
 from data.generate.writer_prompt import conversation
 from data.grounding import grounding_problems, ungrounded
 from data.poi import SYDNEY, load_pois
+from data.refusal import REFUSALS
 from data.sampling import SamplingConfig, cells_from_pois
 from data.validate import PlaceNames, text_problems
 
@@ -272,3 +273,19 @@ def test_claude_gets_the_rewrite_as_a_conversation_too(tmp_path):
         assert second["system"] == first["system"]
         assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
         assert second["messages"][1]["content"] == INVENTED and "King David" in second["messages"][2]["content"]
+
+
+def test_a_cell_with_no_place_gets_the_refusal_without_asking_the_writer_model(tmp_path, opera_file):
+    # The writer's prompt describes the cell's places; with none, a model could only invent one.
+    with FakeLLMServer(default=Behaviour.ok(GROUNDED)) as server:
+        config = writer_config(server, opera_file, tmp_path / "cache")
+        config = replace(config, sampling=replace(config.sampling, samples_per_cell=6, unknown_rate=0.4))
+        summary = build(config, tmp_path / "corpus", progress=False)
+        rows = [json.loads(line) for split in ("train", "val", "test")
+                for line in (tmp_path / "corpus" / f"{split}.jsonl").read_text().splitlines()]
+        no_place = [r for r in rows if not r["poi_ids"]]
+        asked = [r.body["messages"][-1]["content"] for r in server.requests]
+    assert len(no_place) >= 2 and asked
+    assert all("Sydney Opera House" in prompt for prompt in asked)  # only the placed cell was sent
+    assert all(r["target"] in REFUSALS for r in no_place)
+    assert summary["rejected"] == 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.generate.base import Generator
+from data.generate.no_place import RefusesNoPlace
 from data.generate.template import TemplateGenerator
 
 BACKENDS = ("template", "anthropic", "openai")
@@ -41,18 +42,18 @@ def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Ge
             from data.generate.anthropic_writer import AnthropicGenerator
 
             model = options.model or DEFAULT_CLAUDE
-            return AnthropicGenerator(
+            return RefusesNoPlace(AnthropicGenerator(
                 model, base_url=options.base_url, temperature=options.temperature, **llm_options
-            )
+            ))
         if backend == "openai":
             from data.generate.openai_writer import OpenAIGenerator
 
             if not options.base_url or not options.model:
                 raise ValueError("the openai backend needs --base-url and --model")
             temperature = 0.7 if options.temperature is None else options.temperature
-            return OpenAIGenerator(
+            return RefusesNoPlace(OpenAIGenerator(
                 options.model, base_url=options.base_url, temperature=temperature, **llm_options
-            )
+            ))
     except ImportError as exc:
         raise ValueError(
             f"the {backend} backend needs its SDK: pip install -e '.[generate]' ({exc})"
