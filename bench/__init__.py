@@ -54,35 +54,52 @@ def real_teacher_and_corpus(work: Path) -> tuple[Path, Path]:
     return prepare("smollm2-135m-instruct"), corpus
 
 
-@contextmanager
-def serve(command: list[str], health_path: str, timeout_s: float = 120.0) -> Iterator[str]:
-    """Run a server command (`{port}` becomes a free loopback port) until the block ends; yields its
-    base URL once `health_path` answers. Its output goes to a temporary file, not a pipe: a server
-    that logs more than a pipe holds would otherwise stall before it ever answers."""
+def start_server(command: list[str], health_path: str, env: dict | None = None,
+                 timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """Start a server command (`{port}` becomes a free loopback port) and wait until `health_path`
+    answers; (process, base URL), the caller stops it (`stop`). Its stderr goes to a temporary file,
+    not a pipe: a server that logs more than a pipe holds would stall on a pipe no one reads."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command], cwd=ROOT,
-                                env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=log)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop, with the process)
+    proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log = log  # closed by `stop`
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    urllib.request.urlopen(url + health_path, timeout=1)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        raise RuntimeError(f"{' '.join(command[:3])} did not start: "
-                                           f"{log.read().decode(errors='replace')[-2000:]}") from None
-                    time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            urllib.request.urlopen(url + health_path, timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                stop(proc)
+                raise RuntimeError(f"{' '.join(map(str, command[:3]))} did not answer {health_path} "
+                                   f"within {timeout_s:.0f} s: {tail}") from None
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
+    """Terminate a started server, killing it if it does not go within `timeout_s`; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.log.close()
+    return proc.returncode
+
+
+@contextmanager
+def serve(command: list[str], health_path: str, env: dict | None = None, timeout_s: float = 120.0) -> Iterator[str]:
+    """`start_server` for the length of a block; yields the base URL."""
+    proc, url = start_server(command, health_path, env, timeout_s)
+    try:
+        yield url
+    finally:
+        stop(proc)

@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,31 +25,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import chaos, facts, reproduce_command
+from bench import chaos, facts, reproduce_command, start_server, stop
 from core.artifacts import write_atomic
 from data.geo import moved
 from data.vocab import INTERESTS, STYLES
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_app(extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the app did not start: {proc.stderr.read().decode()[-2000:]}") from None
-            time.sleep(0.3)
 
 
 def bodies(url: str, count: int, seed: int, spread_m: float = 0.0) -> list[dict]:
@@ -198,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         write_atomic(out, render(json.loads(out.with_suffix(".json").read_text())))
         return 0
-    proc, url = start_app(args.app_arg)
+    proc, url = start_server([sys.executable, "-m", "app", "--port", "{port}", *args.app_arg], "/health",
+                             {"HF_HUB_OFFLINE": "1"})
     try:
         health = json.loads(urllib.request.urlopen(url + "/health").read())
         one(url, bodies(url, 1, args.seed + 99)[0])  # warm-up
@@ -225,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{storm['contexts_leaked']} contexts leaked", flush=True)
         alive = proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     report = {"command": reproduce_command("bench.load", argv if argv is not None else sys.argv[1:], Path(args.out),
                                            "app.md"),
               "health": health, "facts": checked, "unknown": unknown, "pin_spread_m": args.pin_spread, "levels": levels,

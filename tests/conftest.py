@@ -75,35 +75,6 @@ def tour_queries():
     ]
 
 
-def start_server(command: list[str], health_path: str, env: dict | None = None, timeout_s: float = 90.0):
-    """Start a server command with `{port}` filled by a free loopback port; wait until
-    `health_path` answers. Returns (process, base URL); the caller terminates it."""
-    import os
-    import socket
-    import subprocess
-    import time
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command], cwd=Path(__file__).parent.parent,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url + health_path, timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"{command[:3]} exited: {proc.stderr.read().decode()[-3000:]}") from None
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"{command[:3]} did not answer {health_path} within {timeout_s:.0f} s") from None
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tiny_corpus, tmp_path_factory) -> Path:
     """A random Llama in SmolLM2's shape, shrunk (9 query heads in 3 KV groups, head_dim 16, tied

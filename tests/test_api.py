@@ -8,9 +8,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import FIXTURES, start_server
+from conftest import FIXTURES
 
 from app.__main__ import DEFAULT_MODEL
+from bench import start_server, stop
 from data.geo import moved
 
 
@@ -34,8 +35,7 @@ def server(micro_gguf, tiny_corpus, tmp_path_factory):
     served = Served(url)
     served.coverage = json.loads((folder / "micro.coverage.json").read_text())["places"]
     yield served
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def post(url, body, raw: bytes | None = None):

@@ -7,9 +7,10 @@ import sys
 import threading
 
 import pytest
-from conftest import start_server, tour_queries
+from conftest import tour_queries
 from fake_llm_server import OPENAI_PATH, Behaviour, FakeLLMServer
 
+from bench import start_server, stop
 from data.prompt import build_messages
 from models.backends import BackendError, GenerationOptions, detect_kind, open_backend
 from models.backends.base import StopMatcher, TextAssembler
@@ -187,8 +188,7 @@ def test_openai_backend_against_llama_cpp_s_own_server(micro_gguf, reference):
                 # this server sends no usage while streaming: pieces are counted, the prompt is unknown
                 assert done.stats.prompt_tokens is None and 0 < done.stats.completion_tokens <= 40
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 # -- the command line --------------------------------------------------------------------------

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from conftest import start_server
 
 from app.coverage import Coverage
 from app.jobs import ServingConfig
 from app.page import Guides
 from app.server import create_app
 from app.service import TourGuide
+from bench import start_server, stop
 from models.backends.llamacpp_runtime import LlamaCppBackend
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "tour-guide-demo.gguf"
@@ -334,5 +334,4 @@ def test_a_stop_signal_ends_the_answers_in_flight_and_exits_0(sig):
             t.join(timeout=5)
             assert not t.is_alive()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import start_server
+
+from bench import start_server, stop
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LOCAL = ("http://127.0.0.1", "http://localhost", "data:", "blob:", "about:")
@@ -19,8 +20,7 @@ def app_url():
     """`python -m app` with no arguments: the default GGUF, offline."""
     proc, url = start_server([sys.executable, "-m", "app", "--port", "{port}"], "/health", {"HF_HUB_OFFLINE": "1"})
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def test_gradio_client_describes_a_landmark(app_url):
