@@ -1,0 +1,33 @@
+"""The default model as it ships (models/tour-guide.gguf): small in vocabulary, and honest on its
+own about pins where it knows nothing, with no app in front of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.__main__ import DEFAULT_MODEL
+from bench import facts
+
+
+def test_the_default_model_keeps_at_most_8192_tokens():
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(DEFAULT_MODEL), vocab_only=True, verbose=False)
+    assert vocab.n_vocab() <= 8192
+
+
+@pytest.fixture(scope="module")
+def unknown():
+    """Pins with no known place within 500 m, in Sydney and abroad, none of them in its training
+    (bench.facts.unknown_pins), each answered by the model alone."""
+    return facts.check_unknown(str(DEFAULT_MODEL), "llamacpp", 12)
+
+
+def test_alone_it_refuses_most_unknown_pins_where_the_last_model_refused_none(unknown):
+    assert unknown["refused"] >= 0.5, [c for c in unknown["checks"] if c["problems"]]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 29's goal, not reached yet: on these 12 pins 8 refusals, "
+                                       "3 answers describe a known Sydney place (docs/results/app.md)")
+def test_alone_it_answers_every_unknown_pin_with_a_plain_refusal(unknown):
+    assert unknown["refused"] == 1.0 and unknown["names_known"] == 0.0
