@@ -296,7 +296,9 @@ def render(report: dict) -> str:
         "# Vocabulary trimming (compress.vocab) on the shipped model", "",
         f"Command: `{report['command']}`  ", f"Machine: {report['machine']}"
         + (f"; run {report['when']}." if report.get("when") else "."), "",
-        "Before: `models/tour-guide.gguf` (q8_0) dequantised to a float32 checkpoint by models.pretrained.convert "
+        f"Before: `models/tour-guide.gguf` as shipped when this ran ({report['gguf']['before']['file_bytes']:,} bytes, "
+        "q8_0; a later default is trimmed by the pipeline's [vocab] stage, the same compress.vocab) "
+        "dequantised to a float32 checkpoint by models.pretrained.convert "
         "(its torch checkpoint is not in the repository). After: that checkpoint trimmed by compress.vocab against "
         "the ship corpus (configs/smollm2-ship.toml's [data], built by data.build into the work folder the first time: "
         f"{report['corpus_rows']:,} rows). Both exported to q8_0 by export.gguf in this run, so the two differ in "
