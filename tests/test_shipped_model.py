@@ -18,8 +18,8 @@ def test_the_default_model_keeps_at_most_8192_tokens():
 
 @pytest.fixture(scope="module")
 def unknown():
-    """Pins with no known place within 500 m, in Sydney and abroad, none of them in its training
-    (bench.facts.unknown_pins), each answered by the model alone."""
+    """The first 12 of bench.facts.unknown_pins (no known place within 500 m, none of them in its
+    training), each answered by the model alone."""
     return facts.check_unknown(str(DEFAULT_MODEL), "llamacpp", 12)
 
 
