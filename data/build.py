@@ -52,6 +52,7 @@ SAMPLING_HELP = {
     "off_interest_rate": "how often a request adds an interest the place lacks",
     "untagged_rate": "how often a request names only interests the place lacks",
     "unknown_rate": "share of requests about cells with no POI within 500 m, answered with a refusal",
+    "unknown_near_share": "share of those cells drawn 0.5-2 km from a POI (near misses) rather than anywhere",
     "max_interests": "most interests one request names",
     "country": "country named in the writer's prompt",
     "language": "language of the descriptions",

@@ -10,7 +10,6 @@ same hash, whose answer is the refusal (data.refusal).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,6 +36,10 @@ _REGION_MARGIN_M = 1000.0  # around the POIs' bounding box, so a one-street data
 _WORLD_MIN_POPULATION = 500_000  # the gazetteer's cities that unknown pins abroad are dropped near
 _WORLD_SPREAD_M = 5000.0
 _UNKNOWN_MAX_MISSES = 10_000
+# Near-miss unknown cells lie this far from a random POI (then must still clear every POI): their
+# short codes share the leading characters of known ones, which a random point of a city's box
+# seldom does, and which is where a model mistakes an unknown cell for a known one.
+_NEAR_MIN_M, _NEAR_MAX_M = UNKNOWN_CLEAR_M + 20.0, 2000.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class SamplingConfig:
     # region and near cities elsewhere; the answer says the guide knows nothing there. 0 draws
     # nothing, so corpora made without it keep their random stream.
     unknown_rate: float = 0.0
+    # Share of those unknown cells drawn near a POI (0.5-2 km away) rather than anywhere in the
+    # region or abroad: the near misses. 0 keeps the stream of corpora (and bench pins) made without it.
+    unknown_near_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -85,6 +91,8 @@ class SamplingConfig:
             raise ValueError("untagged_rate must be between 0 and 1")
         if not 0 <= self.unknown_rate < 1:
             raise ValueError("unknown_rate must be at least 0 and below 1")
+        if not 0 <= self.unknown_near_share <= 1:
+            raise ValueError("unknown_near_share must be between 0 and 1")
 
 
 def cells_from_pois(pois: list[POI], gazetteer: Gazetteer | None = None) -> list[Cell]:
@@ -134,11 +142,13 @@ def split_requests(cells: list[Cell], config: SamplingConfig, all_pois: list[POI
     return out
 
 
-def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None = None) -> Iterator[Place]:
+def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None = None,
+                  near_share: float = 0.0) -> Iterator[Place]:
     """An endless seeded stream of distinct 10-digit cells with no POI within UNKNOWN_CLEAR_M of
     any point of them, as the app encodes a pin there (the cell centre, its short code and
     locality): alternately a random point of the POIs' region (streets, suburbs, bush, water) and
-    one within 5 km of a random city of the gazetteer outside that region, with its own locality."""
+    one within 5 km of a random city of the gazetteer outside that region, with its own locality.
+    A `near_share` of the draws are instead near misses, 0.5-2 km from a random POI."""
     if not pois:
         raise ValueError("unknown cells are placed around the POIs: give at least one")
     gaz = gazetteer or Gazetteer.default()
@@ -151,14 +161,23 @@ def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None 
     cities = sorted((c for c in gaz.places if c.population >= _WORLD_MIN_POPULATION and not inside(c.latitude, c.longitude)),
                     key=lambda c: c.geonameid)
     rng = random.Random(f"{seed}:unknown-cells")
+    # Its own generator, so that with near_share 0 the other draws are those of a stream without it.
+    near_rng = random.Random(f"{seed}:unknown-near")
     seen: set[str] = set()
     misses = 0
-    for n in itertools.count():
-        if n % 2 == 0 or not cities:
-            lat, lon = rng.uniform(south, north), rng.uniform(west, east)
+    n = 0
+    while True:
+        if near_share and near_rng.random() < near_share:
+            poi = near_rng.choice(pois)
+            lat, lon = moved(poi.latitude, poi.longitude, near_rng.uniform(_NEAR_MIN_M, _NEAR_MAX_M),
+                             near_rng.uniform(0, 360))
         else:
-            city = rng.choice(cities)
-            lat, lon = moved(city.latitude, city.longitude, rng.uniform(0, _WORLD_SPREAD_M), rng.uniform(0, 360))
+            if n % 2 == 0 or not cities:
+                lat, lon = rng.uniform(south, north), rng.uniform(west, east)
+            else:
+                city = rng.choice(cities)
+                lat, lon = moved(city.latitude, city.longitude, rng.uniform(0, _WORLD_SPREAD_M), rng.uniform(0, 360))
+            n += 1
         place = decode(plus_code_for(lat, lon), gazetteer=gaz)
         clear = UNKNOWN_CLEAR_M + _CELL_HALF_DIAGONAL_M
         if place.plus_code in seen or any(
@@ -180,7 +199,7 @@ def unknown_requests(counts: dict[str, int], config: SamplingConfig, pois: list[
     want = {s: round(counts[s] * config.unknown_rate / (1 - config.unknown_rate)) for s in SPLITS}
     out: dict[str, list[GenerationRequest]] = {s: [] for s in SPLITS}
     rng = random.Random(f"{config.seed}:unknown-requests")
-    cells = unknown_cells(pois, config.seed, gazetteer)
+    cells = unknown_cells(pois, config.seed, gazetteer, near_share=config.unknown_near_share)
     styles = list(STYLES)
     while any(len(out[s]) < want[s] for s in SPLITS):
         place = next(cells)

@@ -1,5 +1,6 @@
 """Cells with no known place: the corpus asks about them as the app would and answers with a refusal."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -152,3 +153,33 @@ def _centre(code: str) -> tuple[float, float]:
 
     place = decode(code)
     return place.latitude, place.longitude
+
+
+def test_near_misses_lie_half_a_kilometre_to_two_from_a_known_place(pois):
+    stream = unknown_cells(pois, seed=7, near_share=1.0)
+    for _ in range(60):
+        place = next(stream)
+        nearest = min(distance_m(place.latitude, place.longitude, p.latitude, p.longitude) for p in pois)
+        assert 500 < nearest <= 2000 + 10
+
+
+def test_near_misses_are_added_to_the_stream_without_moving_its_other_cells(pois):
+    """Bench pins and corpora made before near misses keep their cells: the other draws are the same."""
+    plain = unknown_cells(pois, seed=7)
+    mixed = list(itertools.islice(unknown_cells(pois, seed=7, near_share=0.5), 120))
+    far = [p for p in mixed if min(distance_m(p.latitude, p.longitude, q.latitude, q.longitude) for q in pois) > 2010]
+    expected = [p for p in itertools.islice(plain, 120) if
+                min(distance_m(p.latitude, p.longitude, q.latitude, q.longitude) for q in pois) > 2010]
+    assert 20 < len(far) < 100
+    assert far == expected[:len(far)]
+
+
+def test_a_near_share_puts_near_misses_in_the_corpus(pois):
+    config = SamplingConfig(samples_per_cell=40, val_fraction=0.2, test_fraction=0.2, unknown_rate=0.1,
+                            unknown_near_share=0.5)
+    rows = [r for s in SPLITS for r in split_requests(cells_from_pois(pois), config, pois)[s] if not r.pois]
+    near = [r for r in rows if min(distance_m(*_centre(r.plus_code), p.latitude, p.longitude) for p in pois) <= 2010]
+    assert 0.3 < len(near) / len(rows) < 0.8
+    with pytest.raises(ValueError, match="unknown_near_share"):
+        SamplingConfig(unknown_near_share=1.5)
+
