@@ -40,6 +40,9 @@ from data.vocab import INTERESTS, STYLES, count_words, split_sentences
 from models.backends import open_backend
 
 ABROAD_M = 100_000.0  # an unknown pin this far from every known place is near a city abroad
+# Unknown pins this close to a known place share the leading characters of its short code: the
+# hardest to tell from it (the corpus's near misses are drawn as close, data.sampling).
+NEAR_MISS_M = 2000.0
 # The ship corpus's split hash (configs/smollm2-ship.toml: seed 0, 10% test; a test holds them equal).
 SHIP_SAMPLING = SamplingConfig()
 
@@ -191,6 +194,7 @@ class UnknownCheck:
     location: str  # as the prompt gives it: '2M6R+6G Wollongong'
     style: str
     abroad: bool
+    nearest_m: float | None  # to the nearest known place
     problems: tuple[str, ...]  # data.refusal.refusal_problems; none: refused
     words: int
     text: str
@@ -232,10 +236,13 @@ def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed
             raise ValueError(f"{pin.plus_code} has a known place within 500 m: not an unknown pin for this model")
         text = guide.backend.complete(plan.query, guide.options).text
         nearest = plan.header["nearest"]
+        nearest_m = nearest["distance_m"] if nearest else None
         checks.append(UnknownCheck(pin.plus_code, plan.query.location, request.style,
-                                   bool(nearest) and nearest["distance_m"] > ABROAD_M,
+                                   nearest_m is not None and nearest_m > ABROAD_M, nearest_m,
                                    tuple(refusal_problems(text, names)), count_words(text), text))
-    groups = {"POI region": [c for c in checks if not c.abroad], "abroad": [c for c in checks if c.abroad],
+    near = [c for c in checks if c.nearest_m is not None and c.nearest_m <= NEAR_MISS_M]
+    groups = {"POI region": [c for c in checks if not c.abroad], f"of which within {NEAR_MISS_M / 1000:g} km of a place": near,
+              "abroad": [c for c in checks if c.abroad],
               **{s: [c for c in checks if c.style == s] for s in STYLES}}
     return {"pins": len(pins), **_refusals(checks), "by": {g: _refusals(cs) for g, cs in groups.items() if cs},
             "checks": [c.record() for c in checks]}

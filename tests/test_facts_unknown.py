@@ -115,6 +115,14 @@ def test_each_pin_is_asked_the_apps_query_for_its_own_cell_and_scored(pois, name
     assert {"brief", "stimulate", "detailed"} <= set(result["by"])
 
 
+def test_pins_within_two_km_of_a_place_are_counted_apart_as_the_near_misses(pois, names, pins):
+    result = facts.measure_unknown(guide_over(pois), pins, names, seed=0)
+    near = [c for c in result["checks"] if c["nearest_m"] <= facts.NEAR_MISS_M]
+    group = result["by"].get("of which within 2 km of a place", {"answers": 0})
+    assert group["answers"] == len(near)
+    assert all(500 < c["nearest_m"] for c in result["checks"])
+
+
 def test_a_pin_beside_a_known_place_is_refused_as_a_pin(pois, names):
     opera = pois[0]
     with pytest.raises(ValueError, match="within 500 m"):
