@@ -31,7 +31,7 @@ HEAD = """
 <link rel="stylesheet" href="/web/lib/leaflet/dist/leaflet.css">
 <script src="/web/lib/leaflet/dist/leaflet.js"></script>
 <script src="/web/lib/topojson-client/dist/topojson-client.min.js"></script>
-<script src="/web/static/map.js"></script>
+<script type="module" src="/web/static/map.js"></script>
 """
 CSS = """#tg-map { height: 440px; border-radius: 8px; } .tg-notice { color: #9a3412; font-weight: 600; }
 .tg-label { background: none; border: none; box-shadow: none; color: #1e3a5f; font-size: 11px; font-weight: 600;

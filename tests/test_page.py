@@ -40,7 +40,7 @@ def test_gradio_client_describes_a_landmark(app_url):
 BESIDE_OPERA_HOUSE = (-33.85776, 151.21399)  # 150 m south-west of its surveyed point, by Sydney Cove
 HARBOUR = (-33.8530, 151.2230)  # open water between Bennelong Point and Kirribilli
 KIRRIBILLI = (-33.8490, 151.2190)  # the north shore across that water: land, no marker near
-SEA_RGB, LAND_RGB = (0xCF, 0xE3, 0xF3), (0xE8, 0xEF, 0xE2)  # map.js's SEA and land fill
+SEA_RGB, LAND_RGB = (0xCF, 0xE3, 0xF3), (0xE8, 0xEF, 0xE2)  # basemap.js's SEA and land fill
 
 
 def click_map_at(page, lat: float, lon: float, zoom: int) -> None:

@@ -26,6 +26,7 @@ from core.artifacts import atomic_dir, sha256_file, sha256_text
 STATIC = Path(__file__).with_name("static")
 WEB = BASEMAP.parents[1]  # app/web: package.json, node_modules, build/
 NPM = WEB / "node_modules"
+SHARED_MAP = "basemap.js"
 
 # The third-party files the page loads, (site path, path under app/web/node_modules), all from the
 # pinned packages of app/web/package.json. Never wllama's wasm-from-cdn.js: nothing comes from a CDN.
@@ -150,6 +151,7 @@ def collect(config: SiteConfig = SiteConfig()) -> Site:
     files: dict[str, Path | bytes] = {p.relative_to(STATIC).as_posix(): p for p in sorted(STATIC.rglob("*"))
                                       if p.is_file() and p.name != "sw.js"}
     files.update({site: NPM / npm for site, npm in VENDOR})
+    files[SHARED_MAP] = WEB / "static" / SHARED_MAP  # the basemap code the server's page runs too
     files["lib/open-location-code/openlocationcode.js"] = _olc_module()
     if BASEMAP.is_file():
         files["lib/basemap.geojson"] = BASEMAP
