@@ -24,6 +24,7 @@ import itertools
 import json
 import random
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,25 +116,26 @@ def interests_for(poi: POI, choice: str, rng: random.Random) -> list[str]:
 
 
 def measure(url: str, styles: tuple[str, ...], offset_m: float = 0.0, limit: int | None = None, seed: int = 0,
-            pois_path: str | Path = SYDNEY, progress: bool = False, interests: str = "own") -> dict:
+            pois_path: str | Path = SYDNEY, progress: bool = False, interests: str = "own", workers: int = 1) -> dict:
     """Every known place (or the first `limit`) in every style, asked with `interests` (see
-    interests_for); the rates and each check."""
+    interests_for); the rates and each check. `workers` requests are in flight at once (the
+    server's contexts): each answer is greedy on a context of its own, so the answers are those of
+    one at a time."""
     pois = {p.id: p for p in load_pois(pois_path)}
     names = PlaceNames(pois.values())
     known = json.loads(urllib.request.urlopen(url + "/coverage").read())["places"][:limit]
     rng = random.Random(seed)
-    checks = []
-    bar = tqdm(total=len(known) * len(styles), desc="facts", unit="answer", disable=not progress)
+    asks = []  # drawn in order first, so the seeded pins and interests do not depend on `workers`
     for place in known:
         poi = pois[place["poi_id"]]
         lat, lon = moved(poi.latitude, poi.longitude, offset_m, rng.uniform(0, 360)) if offset_m else \
             (poi.latitude, poi.longitude)
-        for style in styles:
-            answer = ask(url, {"latitude": lat, "longitude": lon, "interests": interests_for(poi, interests, rng),
-                               "style": style})
-            checks.append(check(answer, poi, pois, names, style))
-            bar.update()
-    bar.close()
+        asks += [(poi, style, {"latitude": lat, "longitude": lon, "interests": interests_for(poi, interests, rng),
+                               "style": style}) for style in styles]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        answers = tqdm(pool.map(lambda a: ask(url, a[2]), asks), total=len(asks), desc="facts", unit="answer",
+                       disable=not progress)
+        checks = [check(answer, poi, pois, names, style) for (poi, style, _), answer in zip(asks, answers)]
     return {"offset_m": offset_m, "places": len(known), "styles": list(styles), "interests": interests, **rates(checks),
             "checks": [c.record() for c in checks]}
 

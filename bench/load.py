@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         one(url, bodies(url, 1, args.seed + 99)[0])  # warm-up
         styles = tuple(s for s in args.facts_styles.split(",") if s)
         checked = facts.measure(url, styles, limit=args.facts_limit, seed=args.seed, progress=True,
-                                interests=args.facts_interests) if styles else None
+                                interests=args.facts_interests, workers=health["contexts"]["total"]) if styles else None
         unknown = facts.check_unknown(health["model"], health["backend"], args.unknown_pins, args.seed,
                                       progress=True) if args.unknown_pins > 0 else None
         levels = []

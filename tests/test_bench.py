@@ -1,6 +1,7 @@
 """Benchmark scripts: the depth experiment's arithmetic and verdict, and the inference bench end to end on a micro model."""
 
 import json
+import sys
 
 from bench.depth import removal_counts
 
@@ -173,6 +174,17 @@ def test_the_facts_check_alone_asks_with_interests_the_place_is_not_tagged_with(
     assert report["unknown"] is None
     text = out.read_text()
     assert "Asked with two interests the place is not tagged with." in text and "## Under load" not in text
+
+
+def test_the_facts_check_asks_as_many_at_once_as_the_server_has_contexts_and_gets_the_same_answers():
+    """Greedy on a context each: two requests in flight give the answers of one at a time, in order."""
+    from bench import serve
+    from bench.facts import measure
+
+    with serve([sys.executable, "-m", "app", "--port", "{port}"], "/health", {"HF_HUB_OFFLINE": "1"}) as url:
+        one = measure(url, ("brief", "detailed"), limit=3, seed=4)
+        two = measure(url, ("brief", "detailed"), limit=3, seed=4, workers=2)
+    assert one == two and one["answers"] == 6
 
 
 def test_other_interests_are_never_the_places_own():
