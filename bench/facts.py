@@ -56,6 +56,7 @@ class Check:
     names: bool
     own_fact: bool
     other_facts: tuple[str, ...]  # ids of the other places whose facts or names the text states
+    refused: bool  # a plain refusal (data.refusal) for a place it should know: the cost of teaching refusals
     words: int
     text: str
 
@@ -65,7 +66,7 @@ class Check:
 
     @property
     def missed(self) -> bool:
-        return not (self.names and self.own_fact) or bool(self.other_facts)
+        return not (self.names and self.own_fact) or bool(self.other_facts) or self.refused
 
     def record(self) -> dict:
         """What the report keeps: the model's text only where it missed, for a reader to judge."""
@@ -92,7 +93,8 @@ def check(answer: dict, asked: POI, pois: dict[str, POI], names: PlaceNames, sty
     text = answer.get("description") or ""
     sentences = split_sentences(text)
     return Check(asked.id, style, chosen, names_poi(text, place), any(fact_in_sentences(f, sentences) for f in place.facts),
-                 other_places(text, sentences, place, pois, names), len(text.split()), text)
+                 other_places(text, sentences, place, pois, names), not refusal_problems(text, names),
+                 len(text.split()), text)
 
 
 def ask(url: str, body: dict) -> dict:
@@ -151,11 +153,18 @@ def _shares(checks: list[Check]) -> dict:
     n = max(1, len(checks))
     return {"answers": len(checks), "answered_beside": sum(c.beside for c in checks) / n,
             "names_place": sum(c.names for c in checks) / n, "own_fact": sum(c.own_fact for c in checks) / n,
-            "other_fact": sum(bool(c.other_facts) for c in checks) / n, "mean_words": sum(c.words for c in checks) / n}
+            "other_fact": sum(bool(c.other_facts) for c in checks) / n, "refused": sum(c.refused for c in checks) / n,
+            "mean_words": sum(c.words for c in checks) / n}
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"  # '-': a report from before the column
 
 
 def _what_missed(check: dict) -> str:
     said = []
+    if check.get("refused"):
+        said.append("refuses")
     if not check["names"]:
         said.append("does not name it")
     if not check["own_fact"]:
@@ -173,11 +182,11 @@ def render(result: dict) -> list[str]:
              else "the place's own interests")
     lines = [f"## Right facts, right place ({result['places']} known places x {len(result['styles'])} styles, {where})",
              "", f"Asked with {asked}.", "", "| style | answers | answered for the place | names it | states a fact of it | states another "
-             "place's | words |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "place's | refuses | words |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = list(result.get("by_style", {}).items()) + [("all", result)]
     for style, r in rows:
         lines.append(f"| {style} | {r['answers']} | {r['answered_beside']:.1%} | {r['names_place']:.1%} | "
-                     f"{r['own_fact']:.1%} | {r['other_fact']:.1%} | {r['mean_words']:.0f} |")
+                     f"{r['own_fact']:.1%} | {r['other_fact']:.1%} | {_share(r.get('refused'))} | {r['mean_words']:.0f} |")
     misses = [c for c in result["checks"] if "text" in c]
     shown = "the first 8 of them" if len(misses) > 8 else "each"
     lines += ["", "Goals: names it 100%, states a fact of it >= 95%, states another place's 0%. The model's text "

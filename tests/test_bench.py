@@ -222,6 +222,24 @@ def test_the_facts_check_tells_own_facts_from_another_places():
     assert "1 answer(s) miss" in section and f"speaks of {other.id}. \"{mixed.text}\"" in section
 
 
+def test_a_refusal_for_a_place_the_model_should_know_is_counted_as_a_miss():
+    from bench.facts import check, rates, render
+    from data.poi import SYDNEY, load_pois
+    from data.refusal import REFUSALS
+    from data.validate import PlaceNames
+
+    pois = {p.id: p for p in load_pois(SYDNEY)}
+    names, opera = PlaceNames(pois.values()), pois["sydney-opera-house"]
+    refused = check({"answered_for": {"poi_id": opera.id}, "description": REFUSALS[0]}, opera, pois, names, "brief")
+    told = check({"answered_for": {"poi_id": opera.id}, "description": f"{opera.name}. {opera.facts[0]}"},
+                 opera, pois, names, "brief")
+    assert refused.refused and refused.missed and not told.refused
+    assert rates([refused, told])["refused"] == 0.5
+    section = "\n".join(render({"offset_m": 0.0, "places": 1, "styles": ["brief"], **rates([refused, told]),
+                                "checks": [refused.record(), told.record()]}))
+    assert "| all | 2 | 100.0% | 50.0% | 50.0% | 0.0% | 50.0% |" in section and "refuses; does not name it" in section
+
+
 def test_a_fact_of_another_place_is_stated_in_one_sentence_not_scattered_over_an_answer():
     from bench.facts import check
     from data.poi import SYDNEY, load_pois
