@@ -35,15 +35,15 @@ from data.generate.base import GenerationRequest
 from data.geo import Gazetteer, Place, moved
 from data.poi import POI, SYDNEY, load_pois
 from data.refusal import refusal_problems
-from data.sampling import SamplingConfig, split_of, unknown_cells
+from data.sampling import NEAR_MAX_M, SamplingConfig, split_of, unknown_cells
 from data.validate import PlaceNames, fact_in_sentences, fact_present, foreign_places, names_poi
 from data.vocab import INTERESTS, STYLES, count_words, split_sentences
 from models.backends import open_backend
 
 ABROAD_M = 100_000.0  # an unknown pin this far from every known place is near a city abroad
 # Unknown pins this close to a known place share the leading characters of its short code: the
-# hardest to tell from it (the corpus's near misses are drawn as close, data.sampling).
-NEAR_MISS_M = 2000.0
+# hardest to tell from it, and as close as the corpus draws its near misses.
+NEAR_MISS_M = NEAR_MAX_M
 # The ship corpus's split hash (configs/smollm2-ship.toml: seed 0, 10% test; a test holds them equal).
 SHIP_SAMPLING = SamplingConfig()
 

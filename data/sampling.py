@@ -39,7 +39,7 @@ _UNKNOWN_MAX_MISSES = 10_000
 # Near-miss unknown cells lie this far from a random POI (then must still clear every POI): their
 # short codes share the leading characters of known ones, which a random point of a city's box
 # seldom does, and which is where a model mistakes an unknown cell for a known one.
-_NEAR_MIN_M, _NEAR_MAX_M = UNKNOWN_CLEAR_M + 20.0, 2000.0
+_NEAR_MIN_M, NEAR_MAX_M = UNKNOWN_CLEAR_M + 20.0, 2000.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None 
     while True:
         if near_share and near_rng.random() < near_share:
             poi = near_rng.choice(pois)
-            lat, lon = moved(poi.latitude, poi.longitude, near_rng.uniform(_NEAR_MIN_M, _NEAR_MAX_M),
+            lat, lon = moved(poi.latitude, poi.longitude, near_rng.uniform(_NEAR_MIN_M, NEAR_MAX_M),
                              near_rng.uniform(0, 360))
         else:
             if n % 2 == 0 or not cities:
