@@ -64,7 +64,8 @@ def test_paths_are_not_settings(tmp_path):
 
 
 def test_the_shipped_presets_load(tmp_path):
-    for name in ("micro", "demo", "qwen3-32b", "smollm2", "smollm2-ship", "smollm2-nearmiss"):
+    for name in ("micro", "demo", "qwen3-32b", "smollm2", "smollm2-ship", "smollm2-nearmiss",
+                 "smollm2-nearmiss-2"):
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
         assert config.run.id == name
 
@@ -77,6 +78,14 @@ def test_a_variant_config_extends_another_and_says_only_how_it_differs(tmp_path)
     assert config.run.id == "ship" and config.depth == base.depth and config.width == base.width
     sampling = config.data.sampling
     assert (sampling.seed, sampling.val_fraction, sampling.holdout) == (4, 0.2, "requests")
+
+
+def test_an_empty_value_clears_what_the_extended_config_set(tmp_path):
+    (tmp_path / "base.toml").write_text(MINIMAL.replace("[teacher]", "[teacher]\npretrained = 'smollm2-135m-instruct'")
+                                        .replace("proxy = 'micro'\n", ""))
+    (tmp_path / "next.toml").write_text("extends = 'base.toml'\n[teacher]\npretrained = ''\nmodel = 'runs/a/teacher'\n")
+    teacher = load_config(tmp_path / "next.toml").teacher
+    assert (teacher.pretrained, teacher.model, teacher.base) == (None, "runs/a/teacher", "runs/a/teacher")
 
 
 def test_a_config_that_extends_itself_is_refused(tmp_path):

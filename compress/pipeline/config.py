@@ -139,7 +139,8 @@ def _section(name: str, table: dict, seed: int):
 
 def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The file's tables; with `extends = "OTHER.toml"` (beside it), OTHER's tables overlaid by
-    this file's, key by key: a variant run (e.g. the shipped model's) says only how it differs."""
+    this file's, key by key: a variant run (e.g. the shipped model's) says only how it differs;
+    `key = ""` clears OTHER's key (e.g. a teacher `model` in place of OTHER's `pretrained`)."""
     if not path.is_file():
         raise PipelineError(f"no config file at {path}; presets live in configs/ (micro, demo, qwen3-32b)")
     if path.resolve() in seen:
@@ -157,6 +158,9 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 def _overlay(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
+        if value == "":
+            out.pop(key, None)
+            continue
         out[key] = _overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
