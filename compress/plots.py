@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from core.artifacts import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     """The figure as a PNG at `path`, written whole or not at all; the figure is closed."""
     try:
         with atomic_path(path) as tmp:
@@ -45,7 +45,7 @@ def plot_similarity(result: dict, out_dir: Path) -> Path:
             fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(f"Layer similarity: {Path(result['model']).name}, {result['samples']} samples, {result['tokens']} tokens")
     path = out_dir / "similarity.png"
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_importance(result: dict, out_dir: Path) -> Path:
@@ -73,7 +73,7 @@ def plot_importance(result: dict, out_dir: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("Per-layer redundancy (low = candidate for deletion)")
     path = out_dir / "importance.png"
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path: Path) -> Path:
@@ -96,7 +96,7 @@ def plot_metrics(metrics: dict, split: str, columns: list[tuple[str, str]], path
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     fig.suptitle(f"split {split}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
@@ -118,7 +118,7 @@ def plot_heal_curves(reports: dict[str, dict], path: Path) -> Path:
         ax.set_xlabel("step")
         if ax.lines:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_qa(rows: list[dict], path: Path) -> Path:
@@ -139,4 +139,4 @@ def plot_qa(rows: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
