@@ -54,19 +54,29 @@ def real_teacher_and_corpus(work: Path) -> tuple[Path, Path]:
     return prepare("smollm2-135m-instruct"), corpus
 
 
+class ServerProcess(subprocess.Popen):
+    """A server `start_server` started: the process, and the file its stderr goes to (not a pipe: a
+    server that logs more than a pipe holds would stall on a pipe no one reads), closed by `stop`."""
+
+    def __init__(self, command: list[str], env: dict | None):
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop, with the process)
+        super().__init__(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                         stderr=self.log)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-chars:]
+
+
 def start_server(command: list[str], health_path: str, env: dict | None = None,
-                 timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
+                 timeout_s: float = 120.0) -> tuple[ServerProcess, str]:
     """Start a server command (`{port}` becomes a free loopback port) and wait until `health_path`
-    answers; (process, base URL), the caller stops it (`stop`). Its stderr goes to a temporary file,
-    not a pipe: a server that logs more than a pipe holds would stall on a pipe no one reads."""
+    answers; (process, base URL), the caller stops it (`stop`)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop, with the process)
-    proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
-    proc.log = log  # closed by `stop`
+    proc = ServerProcess([part.replace("{port}", str(port)) for part in command], env)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -74,15 +84,14 @@ def start_server(command: list[str], health_path: str, env: dict | None = None,
             return proc, url
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                tail = log.read().decode(errors="replace")[-3000:]
+                tail = proc.log_tail()
                 stop(proc)
                 raise RuntimeError(f"{' '.join(map(str, command[:3]))} did not answer {health_path} "
                                    f"within {timeout_s:.0f} s: {tail}") from None
             time.sleep(0.2)
 
 
-def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
+def stop(proc: ServerProcess, timeout_s: float = 30.0) -> int:
     """Terminate a started server, killing it if it does not go within `timeout_s`; its exit code."""
     if proc.poll() is None:
         proc.terminate()

@@ -2,6 +2,9 @@
 
 import json
 import sys
+import urllib.request
+
+import pytest
 
 from bench.depth import removal_counts
 
@@ -272,3 +275,15 @@ def test_transport_bench_on_the_micro_teacher_against_itself(micro_teacher, tiny
     assert [r["student_layer"] for r in ledger] == [0, 1, 2, 3]
     assert all(r["cosine_after"] > 0.999 for r in ledger)  # a model against itself
     assert "| 3 | 3 |" in out.read_text()
+
+
+def test_a_started_server_answers_until_stopped_and_one_that_dies_says_why(tmp_path):
+    from bench import start_server, stop
+
+    (tmp_path / "health").write_text("ok")
+    proc, url = start_server([sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1",
+                              "--directory", str(tmp_path)], "/health", timeout_s=30)
+    assert urllib.request.urlopen(url + "/health", timeout=5).read() == b"ok"
+    assert stop(proc) is not None and proc.log.closed
+    with pytest.raises(RuntimeError, match="did not answer /health within 30 s: .*no such port"):
+        start_server([sys.executable, "-c", "import sys; sys.exit('no such port {port}')"], "/health", timeout_s=30)
