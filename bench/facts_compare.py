@@ -14,10 +14,12 @@ existed) is listed as not comparable rather than guessed.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import reproduce_command
 from compress.compare import paired_bootstrap, ratio, verdict
 from compress.plots import plt, save_figure
 from core.artifacts import write_atomic, write_json
@@ -71,8 +73,8 @@ def compare(new: dict, old: dict, resamples: int = 2000, seed: int = 0) -> list[
     return rows
 
 
-def render(rows: list[dict], new: dict, old: dict, plot: str | None) -> str:
-    lines = ["# A candidate model against the default, through the app", "",
+def render(rows: list[dict], new: dict, old: dict, plot: str | None, command: str) -> str:
+    lines = ["# A candidate model against the default, through the app", "", f"Command: `{command}`", "",
              f"- new: `{new['command']}`", f"- old: `{old['command']}`", "",
              "Differences are new - old, a paired bootstrap 95% interval over the places (known places, 3 "
              "answers each) or the pins (unknown pins); **ahead** / **behind** only when the interval excludes "
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(new, old, args.resamples)
         out = Path(args.out)
         plot = plot_differences(rows, out.with_suffix(".png")) if any(r["comparable"] for r in rows) else None
-        write_json(out.with_suffix(".json"), {"new": args.new, "old": args.old, "rows": rows})
-        write_atomic(out, render(rows, new, old, plot.name if plot else None))
+        command = reproduce_command("bench.facts_compare", argv if argv is not None else sys.argv[1:], out, "")
+        write_json(out.with_suffix(".json"), {"command": command, "new": args.new, "old": args.old, "rows": rows})
+        write_atomic(out, render(rows, new, old, plot.name if plot else None, command))
         print(out.read_text(encoding="utf-8"))
         return 0
 

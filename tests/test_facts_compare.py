@@ -55,6 +55,7 @@ def test_the_cli_writes_the_report_its_json_and_its_plot(tmp_path, capsys):
     assert main(["--new", str(tmp_path / "new.json"), "--old", str(tmp_path / "old.json"), "--out", str(out),
                  "--resamples", "200"]) == 0
     text = out.read_text()
+    assert "Command: `python -m bench.facts_compare --new " in text
     assert "| refuses an unknown pin | 40 pins | 97.5% | 75.0% |" in text and "![differences](compare.png)" in text
     assert (tmp_path / "compare.png").stat().st_size > 0
     assert json.loads((tmp_path / "compare.json").read_text())["rows"][0]["measure"] == "names the place"
