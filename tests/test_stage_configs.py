@@ -65,7 +65,7 @@ def test_paths_are_not_settings(tmp_path):
 
 def test_the_shipped_presets_load(tmp_path):
     for name in ("micro", "demo", "qwen3-32b", "smollm2", "smollm2-ship", "smollm2-nearmiss",
-                 "smollm2-nearmiss-2"):
+                 "smollm2-nearmiss-2", "smollm2-nearmiss-3"):
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
         assert config.run.id == name
 
