@@ -1,4 +1,4 @@
-"""Which places a model knows: the cells of its training corpus, with their POIs.
+"""Which places a model knows (its coverage file, data.coverage), seen from a pin.
 
 A proxy model memorises the facts of exact 10-digit Plus Code cells (about 14 m wide). People
 stand in front of things, not on the surveyed point, so the app looks around a pin: the known
@@ -17,26 +17,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.artifacts import write_json
 from core.cli import fail
-from data.corpus import read_split
+from data.coverage import KnownPlace, write_coverage
 from data.geo import Place, bearing_deg, compass, distance_m
 from data.poi import SYDNEY, load_pois
 
 # The known places "around" a pin: a few minutes' walk, what a person standing there can see or
 # reach. The one radius of the app: the API, the page and the notice all read it from here.
 AROUND_M = 500.0
-
-
-@dataclass(frozen=True)
-class KnownPlace:
-    poi_id: str
-    name: str
-    latitude: float
-    longitude: float
-    plus_code: str  # the cell the model was trained on
-    short_code: str
-    locality: str
 
 
 @dataclass(frozen=True)
@@ -85,19 +73,6 @@ class Coverage:
         return sorted((n for n in seen if n.distance_m <= radius_m), key=lambda n: (n.distance_m, n.place.poi_id))
 
 
-def coverage_from_corpus(corpus: str | Path, pois: str | Path, split: str = "train") -> list[KnownPlace]:
-    """The POIs of every cell the corpus's `split` teaches."""
-    by_id = {p.id: p for p in load_pois(pois)}
-    seen: dict[str, KnownPlace] = {}
-    for row in read_split(corpus, split):
-        for poi_id in row["poi_ids"]:
-            if poi_id in by_id and poi_id not in seen:
-                p = by_id[poi_id]
-                seen[poi_id] = KnownPlace(poi_id, p.name, p.latitude, p.longitude, row["plus_code"],
-                                          row["short_code"], row["locality"])
-    return sorted(seen.values(), key=lambda k: k.poi_id)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="the corpus the model was trained on")
@@ -106,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
-        places = coverage_from_corpus(args.corpus, args.pois, args.split)
+        places = write_coverage(args.out, args.corpus, load_pois(args.pois), args.split)
     except (OSError, ValueError, KeyError) as exc:
         return fail(exc)
-    write_json(args.out, {"corpus": str(args.corpus), "split": args.split, "places": [asdict(p) for p in places]},
-               ensure_ascii=False)
     print(f"{len(places)} known places -> {args.out}")
     return 0
 

@@ -11,10 +11,10 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from app.coverage import AROUND_M, Coverage, Nearby
 from app.jobs import Job, ServingConfig
+from data.coverage import coverage_file_for
 from data.geo import GeoError, Place, check_coordinates, encode, parse
 from data.prompt import TourQuery
 from data.refusal import refusal_problems
@@ -158,8 +158,7 @@ class TourGuide:
     @classmethod
     def coverage_for(cls, model: str) -> Coverage | None:
         """The coverage file shipped next to a model (`NAME.coverage.json`), if any."""
-        path = Path(model)
-        candidate = path.with_name(path.stem + ".coverage.json") if path.suffix else path / "coverage.json"
+        candidate = coverage_file_for(model)
         return Coverage.load(candidate) if candidate.is_file() else None
 
     def _choose(self, around: list[Nearby], poi_id: str | None) -> Nearby | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.depth_summary import kind_key
+from compress.plots import save_figure
 
 COLORS = {"guided": "#d62728", "guided-heal": "#e377c2", "guided-facts": "#bcbd22", "shortgpt": "#1f77b4",
           "angular": "#ff7f0e", "u-shape": "#2ca02c", "alternate": "#9467bd", "random": "#8c564b"}
@@ -38,7 +39,6 @@ def curve_plots(report: dict, out: Path) -> list[Path]:
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{report['teacher_name']} teacher, healed with {loss} (mean over runs)")
         path = out.parent / f"{out.stem}_curves_{loss.replace('+', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths

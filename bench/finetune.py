@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench import real_teacher_and_corpus, reproduce_command, work_folder  # noqa: E402
+from compress.plots import save_figure  # noqa: E402
 from core.artifacts import write_atomic, write_json  # noqa: E402
 from train.finetune import FinetuneConfig, finetune  # noqa: E402
 
@@ -56,8 +57,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("SmolLM2-135M fine-tune: fp32, bf16 (sdpa), bf16 (eager); same batches")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _gap(a: dict, b: dict) -> float:

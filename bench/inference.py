@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import reproduce_command
+from compress.plots import save_figure
 from core.artifacts import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,8 +202,7 @@ def plot(results: list[dict], path: Path) -> None:
     axes[0].set_yscale("log")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _bound_reading(results: list[dict], bw: float) -> str:

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from compress.plots import save_figure  # noqa: E402
 from core.artifacts import write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,7 @@ def plot_losses(report: dict, path: Path) -> None:
     ax.set_title(f"Proxy teacher '{report['preset']['name']}': {report['parameters']:,} parameters")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def render(report: dict, model_dir: str, plot_name: str) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from app.coverage import Coverage
 from compress.pipeline.stages import STAGE_NAMES as STAGES
 from compress.run import main
+from data.coverage import coverage_file_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.toml"
@@ -62,6 +64,11 @@ def test_the_micro_preset_runs_every_stage_and_records_it(micro_run):
     for name in ("gguf q8_0", "gguf f16"):
         assert exported[name]["answer"]["same_as_torch"], name
     assert (micro_run / "micro" / "export" / "student-q8_0.gguf").is_file()
+    # each export carries the places it knows, under the name the app looks for beside a model
+    coverage = Coverage.load(micro_run / "micro" / "export" / exported["gguf q8_0"]["coverage"]["file"])
+    assert coverage_file_for(micro_run / "micro" / "export" / "student-q8_0.gguf").is_file()
+    assert len(coverage.places) == exported["gguf q8_0"]["coverage"]["places"] > 0
+    assert exported["onnx int4"]["coverage"]["file"] == "student-onnx-int4/coverage.json"
 
 
 def test_a_second_run_with_nothing_changed_skips_every_stage(micro_run, capsys):
@@ -83,6 +90,18 @@ def test_a_changed_setting_reruns_its_stage_and_what_follows_only(micro_run, tmp
     (runs / "micro" / "width" / "width_plan.json").write_text("{}")
     assert main(["--config", str(config), "--runs-dir", str(runs), "--until", "width"]) == 0
     assert stage_lines(capsys)["width"].startswith("done")
+
+
+def test_a_stage_no_later_one_reads_can_be_left_out_and_one_that_is_read_cannot(micro_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_run, runs)
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO.read_text().replace("limit = 8", "limit = 6"))  # makes evaluate stale
+    capsys.readouterr()
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--skip", "evaluate"]) == 0
+    assert stage_lines(capsys)["evaluate"] == "skipped as asked"
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--skip", "heal"]) == 2
+    assert "cannot skip heal: evaluate, vocab, export read its outputs" in capsys.readouterr().err
 
 
 def test_the_corpus_is_rebuilt_when_its_places_change_though_the_config_does_not(tmp_path):

@@ -22,6 +22,7 @@ from app.basemap import OUT as BASEMAP
 from app.coverage import Coverage
 from app.offline.rules import gazetteer_rows, page_config
 from core.artifacts import atomic_dir, sha256_file, sha256_text
+from data.coverage import coverage_file_for
 
 STATIC = Path(__file__).with_name("static")
 WEB = BASEMAP.parents[1]  # app/web: package.json, node_modules, build/
@@ -143,7 +144,7 @@ def collect(config: SiteConfig = SiteConfig()) -> Site:
     model = Path(config.model) if config.model else default_model()
     if not model.is_file() or model.suffix != ".gguf":
         raise FileNotFoundError(f"no GGUF model at {model}: the browser runs llama.cpp, which needs one")
-    coverage_path = Path(config.coverage) if config.coverage else model.with_name(model.stem + ".coverage.json")
+    coverage_path = Path(config.coverage) if config.coverage else coverage_file_for(model)
     coverage = Coverage.load(coverage_path) if coverage_path.is_file() else None
     if config.coverage and coverage is None:
         raise FileNotFoundError(f"no coverage file at {coverage_path}")

@@ -52,12 +52,23 @@ def _run_stage(run: Run, stage: Stage, label: str, log) -> None:
     log(f"{label}: done in {rec['seconds']:.1f} s")
 
 
+def _check_skips(skip: tuple[str, ...], until: str | None) -> None:
+    """A stage may be left out only if no stage that runs after it reads its outputs."""
+    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+    for name in skip:
+        readers = [s.name for s in STAGES[:last + 1] if name in s.reads and s.name not in skip]
+        if readers:
+            raise PipelineError(f"cannot skip {name}: {', '.join(readers)} read its outputs")
+
+
 def run_pipeline(config: PipelineConfig, runs_dir: str | Path = "runs", start: str | None = None,
-                 until: str | None = None, log=print) -> Run:
-    """Run every stage that is not current (and `start` and everything after it regardless)."""
-    for name in (start, until):
+                 until: str | None = None, log=print, skip: tuple[str, ...] = ()) -> Run:
+    """Run every stage that is not current (and `start` and everything after it regardless), but
+    those in `skip` (stages no later one reads, e.g. evaluate, to measure an export sooner)."""
+    for name in (start, until, *skip):
         if name is not None and name not in BY_NAME:
             raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    _check_skips(skip, until)
     torch.manual_seed(config.run.seed)
     run = Run(config, Path(runs_dir))
     forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
@@ -65,6 +76,9 @@ def run_pipeline(config: PipelineConfig, runs_dir: str | Path = "runs", start: s
     try:
         for i, stage in enumerate(STAGES[:last + 1]):
             label = f"[{i + 1}/{len(STAGES)}] {stage.name}"
+            if stage.name in skip:
+                log(f"{label}: skipped as asked")
+                continue
             if stage.name not in forced and run.is_current(stage):
                 log(f"{label}: unchanged, skipped")
                 continue
@@ -81,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default runs/)")
     parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="rerun this stage and every later one")
     parser.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    parser.add_argument("--skip", action="append", default=[], choices=STAGE_NAMES,
+                        help="leave this stage out (repeatable); only one whose outputs no later stage reads")
     parser.add_argument("--dry-run", action="store_true", help="plan shapes, parameters and memory; load no weights")
     return parser
 
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(config))
             return 0
-        run = run_pipeline(config, args.runs_dir, args.start, args.until)
+        run = run_pipeline(config, args.runs_dir, args.start, args.until, skip=tuple(args.skip))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue", file=sys.stderr)
         return 130

@@ -36,8 +36,9 @@ from core.artifacts import (
     WIDTH_PLAN_FILE,
     write_json,
 )
-from data.build import build, source_hashes
+from data.build import build, load_sources, source_hashes
 from data.corpus import read_split
+from data.coverage import coverage_file_for, write_coverage
 from data.sampling import SPLITS
 from export.gguf import export_gguf
 from export.onnx import export_onnx
@@ -236,6 +237,12 @@ def stage_export(run: Run) -> dict:
     for precision in x.onnx:
         report = export_onnx(student, out / f"student-onnx-{precision}", precision)
         summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
+    pois = load_sources(run.config.data.poi_files()) if summary else []
+    for entry in summary.values():
+        # the places it knows travel with each file, so a copied export runs in the app as it is
+        coverage = coverage_file_for(out / entry["file"])
+        entry["coverage"] = {"file": coverage.relative_to(out).as_posix(),
+                             "places": len(write_coverage(coverage, corpus(run), pois))}
     if x.check and summary:
         messages = next(iter(read_split(corpus(run), "test")))["messages"]
         options = GenerationOptions(max_tokens=64)
