@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.cli import fail
-from data.coverage import KnownPlace, write_coverage
+from data.coverage import KnownPlace, known_places, write_coverage
 from data.geo import Place, bearing_deg, compass, distance_m
 from data.poi import SYDNEY, load_pois
 
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
-        places = write_coverage(args.out, args.corpus, load_pois(args.pois), args.split)
+        places = known_places(args.corpus, load_pois(args.pois), args.split)
+        write_coverage(args.out, args.corpus, places, args.split)
     except (OSError, ValueError, KeyError) as exc:
         return fail(exc)
     print(f"{len(places)} known places -> {args.out}")

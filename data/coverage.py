@@ -46,9 +46,8 @@ def known_places(corpus: str | Path, pois: list[POI], split: str = "train") -> l
     return sorted(seen.values(), key=lambda k: k.poi_id)
 
 
-def write_coverage(out: str | Path, corpus: str | Path, pois: list[POI], split: str = "train") -> list[KnownPlace]:
-    """Write the coverage file of a model trained on `corpus`'s `split`; returns its places."""
-    places = known_places(corpus, pois, split)
+def write_coverage(out: str | Path, corpus: str | Path, places: list[KnownPlace], split: str = "train") -> None:
+    """Write the coverage file of a model trained on `corpus`'s `split`, whose `places` are
+    known_places(corpus, ..., split)."""
     write_json(out, {"corpus": str(corpus), "split": split, "places": [asdict(p) for p in places]},
                ensure_ascii=False)
-    return places

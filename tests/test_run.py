@@ -104,6 +104,31 @@ def test_a_stage_no_later_one_reads_can_be_left_out_and_one_that_is_read_cannot(
     assert "cannot skip heal: evaluate, vocab, export read its outputs" in capsys.readouterr().err
 
 
+def test_a_warm_restart_heals_an_earlier_student_and_reruns_the_heal_onward_only(micro_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    runs, init = tmp_path / "runs", tmp_path / "healed"
+    shutil.copytree(micro_run, runs)
+    shutil.copytree(micro_run / "micro" / "heal" / "student", init)
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO.read_text().replace("schedule = [0.5]", f'init = "{init}"'))
+    capsys.readouterr()
+    assert main(["--config", str(config), "--runs-dir", str(runs)]) == 0
+    lines = stage_lines(capsys)
+    assert [s for s in STAGES if lines[s] != "unchanged, skipped"] == ["heal", "evaluate", "vocab", "export"]
+    first, again = (manifest(r)["stages"]["heal"]["summary"]["student"] for r in (micro_run, runs))
+    assert again["before"]["kl"] < first["before"]["kl"]  # it starts healed, not from the pruned width
+    # other weights under the same path are another start: the heal runs again
+    weights = load_file(init / "model.safetensors")
+    save_file({k: v * 1.01 for k, v in weights.items()}, init / "model.safetensors")
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--until", "heal"]) == 0
+    assert stage_lines(capsys)["heal"].startswith("done")
+    # a checkpoint of other shapes than the width stage planned is refused with the reason
+    config.write_text(MICRO.read_text().replace("schedule = [0.5]", f'init = "{runs / "micro" / "teacher"}"'))
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--until", "heal"]) == 2
+    assert "heal.init has other shapes than the width stage's" in capsys.readouterr().err
+
+
 def test_the_corpus_is_rebuilt_when_its_places_change_though_the_config_does_not(tmp_path):
     """The data stage reads no earlier stage: its POI files' and writer templates' contents key it."""
     from compress.pipeline.config import load_config
@@ -171,6 +196,7 @@ def test_broken_configs_are_refused_with_the_reason(tmp_path, capsys):
         "[run]\nid='x'\n[teacher]\nproxy='micro'\n": "[depth] section is required",
         "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\n[heal]\nmethod='magic'\n": "unknown healing method",
         "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\n[width]\nparams='1M'\nffn=8\n": "either params or sizes",
+        "[run]\nid='x'\n[teacher]\nproxy='micro'\n[depth]\nkeep=2\n[heal]\ninit='a'\nschedule=[0.5]\n": "choose one",
     }
     for text, message in cases.items():
         path = tmp_path / "bad.toml"

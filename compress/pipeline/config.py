@@ -68,11 +68,18 @@ class TeacherSection:
 
 @dataclass(frozen=True)
 class HealSection:
-    """[heal]: HealConfig's keys, flat, and two of the pipeline's own."""
+    """[heal]: HealConfig's keys, flat, and three of the pipeline's own."""
 
     config: HealConfig = HealConfig()
     schedule: tuple[float, ...] = ()  # iterative: prune this far toward the width target, heal, ..., then all the way
     depth_only: bool = False  # also heal the depth-only student (for a before / after comparison)
+    # A warm restart: heal this checkpoint (e.g. an earlier run's heal/student, of the width stage's
+    # shapes) instead of the width stage's output; its weights' digests join the heal's fingerprint.
+    init: str = ""
+
+    def __post_init__(self) -> None:
+        if self.init and self.schedule:
+            raise ValueError("heal.init continues a healed student; a schedule prunes the depth stage's: choose one")
 
     @classmethod
     def from_table(cls, table: dict, where: str) -> HealSection:

@@ -52,11 +52,10 @@ def _run_stage(run: Run, stage: Stage, label: str, log) -> None:
     log(f"{label}: done in {rec['seconds']:.1f} s")
 
 
-def _check_skips(skip: tuple[str, ...], until: str | None) -> None:
-    """A stage may be left out only if no stage that runs after it reads its outputs."""
-    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+def _check_skips(skip: tuple[str, ...], stages: tuple[Stage, ...]) -> None:
+    """A stage may be left out only if no stage that runs after it (of `stages`) reads its outputs."""
     for name in skip:
-        readers = [s.name for s in STAGES[:last + 1] if name in s.reads and s.name not in skip]
+        readers = [s.name for s in stages if name in s.reads and s.name not in skip]
         if readers:
             raise PipelineError(f"cannot skip {name}: {', '.join(readers)} read its outputs")
 
@@ -68,13 +67,13 @@ def run_pipeline(config: PipelineConfig, runs_dir: str | Path = "runs", start: s
     for name in (start, until, *skip):
         if name is not None and name not in BY_NAME:
             raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-    _check_skips(skip, until)
+    stages = STAGES[:STAGE_NAMES.index(until) + 1] if until else STAGES
+    _check_skips(skip, stages)
     torch.manual_seed(config.run.seed)
     run = Run(config, Path(runs_dir))
     forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
-    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
     try:
-        for i, stage in enumerate(STAGES[:last + 1]):
+        for i, stage in enumerate(stages):
             label = f"[{i + 1}/{len(STAGES)}] {stage.name}"
             if stage.name in skip:
                 log(f"{label}: skipped as asked")

@@ -74,7 +74,7 @@ class Run:
         if not touch:  # reading a run (to report on it), not running it
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest.update({"config_file": config.source,
+        self.manifest.update({"run_id": config.run.id, "config_file": config.source,
                               "config": json.loads(json.dumps(asdict(config), default=str)),
                               "versions": versions(), "git_commit": git_commit()})
         self.save()

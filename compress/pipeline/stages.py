@@ -34,11 +34,12 @@ from core.artifacts import (
     METRICS_FILE,
     SNAPSHOT_FILE,
     WIDTH_PLAN_FILE,
+    sha256_file,
     write_json,
 )
 from data.build import build, load_sources, source_hashes
 from data.corpus import read_split
-from data.coverage import coverage_file_for, write_coverage
+from data.coverage import coverage_file_for, known_places, write_coverage
 from data.sampling import SPLITS
 from export.gguf import export_gguf
 from export.onnx import export_onnx
@@ -57,7 +58,7 @@ class Stage:
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads: their digests are in its fingerprint
     section: str | None = None  # the config section that sets it
     outputs: tuple[str, ...] = ()  # files every finished run of it leaves in its folder
-    # Contents outside the run it is made from (a stage that reads no earlier stage): in its fingerprint.
+    # Contents outside the run it is made from (source files, a warm restart's weights): in its fingerprint.
     sources: Callable[[PipelineConfig], dict] | None = None
 
 
@@ -191,7 +192,9 @@ def stage_heal(run: Run) -> dict:
                                         cfg, out / "student", layers)
         schedule = {"schedule": [{k: s[k] for k in ("sizes", "parameters")} for s in report["schedule"]]}
     else:
-        student, tokenizer = load_model(str(run.stage_dir("width")), student_options(run))
+        student, tokenizer = load_model(h.init or str(run.stage_dir("width")), student_options(run))
+        if h.init:
+            _check_init_shapes(student, run.stage_dir("width"))
         channels = torch.tensor(plan["kept"]["hidden"]) if "hidden" in plan["kept"] else None
         _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "student", layers, channels)
         schedule = {}
@@ -203,6 +206,28 @@ def stage_heal(run: Run) -> dict:
         _, report = heal(student, teacher, tokenizer, corpus(run), cfg, out / "depth-only", layers, resume_from=probe)
         summary["depth-only"] = {"before": report["before"], "after": report["after"]}
     return summary
+
+
+def _check_init_shapes(student, width_dir: Path) -> None:
+    """A warm restart heals the width stage's architecture, or the depth and width plans would not
+    describe the student it leaves."""
+    planned = json.loads((width_dir / "config.json").read_text())
+    wrong = {k: (getattr(student.config, k, None), v) for k, v in planned.items()
+             if k in (*CONFIG_FIELD.values(), "num_hidden_layers", "vocab_size") and getattr(student.config, k, None) != v}
+    if wrong:
+        raise PipelineError("heal.init has other shapes than the width stage's: "
+                            + ", ".join(f"{k} {a} (planned {b})" for k, (a, b) in wrong.items()))
+
+
+def heal_sources(config: PipelineConfig) -> dict:
+    """The warm restart's weights, when [heal] init names one: outside the run, so in the fingerprint."""
+    init = config.heal.init
+    if not init:
+        return {}
+    files = sorted(f for f in Path(init).iterdir() if f.is_file()) if Path(init).is_dir() else []
+    if not files:
+        raise PipelineError(f"heal.init {init!r} is not a checkpoint folder")
+    return {"init": {f.name: sha256_file(f) for f in files}}
 
 
 def stage_evaluate(run: Run) -> dict:
@@ -237,12 +262,13 @@ def stage_export(run: Run) -> dict:
     for precision in x.onnx:
         report = export_onnx(student, out / f"student-onnx-{precision}", precision)
         summary[f"onnx {precision}"] = {"file": Path(report.out).name, "bytes": report.weight_bytes}
-    pois = load_sources(run.config.data.poi_files()) if summary else []
+    places = known_places(corpus(run), load_sources(run.config.data.poi_files())) if summary else []
     for entry in summary.values():
         # the places it knows travel with each file, so a copied export runs in the app as it is
         coverage = coverage_file_for(out / entry["file"])
         entry["coverage"] = {"file": coverage.relative_to(out).as_posix(),
-                             "places": len(write_coverage(coverage, corpus(run), pois))}
+                             "places": len(places)}
+        write_coverage(coverage, corpus(run), places)
     if x.check and summary:
         messages = next(iter(read_split(corpus(run), "test")))["messages"]
         options = GenerationOptions(max_tokens=64)
@@ -275,7 +301,7 @@ STAGES = (
           outputs=(DEPTH_PLAN_FILE, "config.json")),
     Stage("width", stage_width, reads=("analyze", "depth"), section="width", outputs=(WIDTH_PLAN_FILE, "config.json")),
     Stage("heal", stage_heal, reads=("data", "teacher", "analyze", "depth", "width"), section="heal",
-          outputs=(f"student/{HEAL_FILE}",)),
+          outputs=(f"student/{HEAL_FILE}",), sources=heal_sources),
     Stage("evaluate", stage_evaluate, reads=("data", "teacher", "depth", "width", "heal"), section="evaluate",
           outputs=(METRICS_FILE, EVAL_REPORT_FILE)),
     Stage("vocab", stage_vocab, reads=("data", "heal"), section="vocab"),  # its files only when it trims
