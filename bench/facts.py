@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
 from data.generate.base import GenerationRequest
 from data.geo import Gazetteer, Place, moved
@@ -260,10 +261,11 @@ def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed
 
 
 def check_unknown(model: str, kind: str | None, count: int, seed: int = 0, pois_path: str | Path = SYDNEY,
-                  progress: bool = False) -> dict:
-    """The unknown-pin check on a model loaded here with the coverage shipped beside it: the served
-    app is not asked, so nothing it adds to an answer counts."""
-    coverage = TourGuide.coverage_for(model)
+                  progress: bool = False, coverage_file: str | Path | None = None) -> dict:
+    """The unknown-pin check on a model loaded here with the coverage shipped beside it (or
+    `coverage_file`, for a model without one, e.g. a run's teacher): the served app is not asked,
+    so nothing it adds to an answer counts."""
+    coverage = Coverage.load(coverage_file) if coverage_file else TourGuide.coverage_for(model)
     if coverage is None:
         raise ValueError(f"no coverage file beside {model}: without it no pin is known to be far from its places")
     pois = load_pois(pois_path)

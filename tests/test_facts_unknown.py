@@ -137,3 +137,24 @@ def test_the_report_has_an_unknown_pins_section(pois, names, pins):
     text = load.render(report)
     assert "## Unknown pins: the model alone (24 pins" in text
     assert f"| all | 24 | {result['refused']:.1%} |" in text and "Goal: refusal >= 95%" in text
+
+
+def test_any_model_alone_is_checked_from_the_command_line(micro_teacher, tiny_corpus, tmp_path, capsys):
+    """python -m bench.unknown: e.g. a run's teacher, which has no coverage file of its own."""
+    import json
+
+    from bench import unknown
+    from data.coverage import known_places, write_coverage
+
+    coverage = tmp_path / "coverage.json"
+    write_coverage(coverage, tiny_corpus, known_places(tiny_corpus, load_pois(FIXTURE)))
+    out = tmp_path / "unknown-micro.md"
+    args = ["--model", str(micro_teacher), "--kind", "torch", "--pins", "3"]
+    assert unknown.main([*args, "--coverage", str(coverage), "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["unknown"]["pins"] == len(report["unknown"]["checks"]) == 3
+    assert report["command"].endswith("--out docs/results/unknown-micro.md") and "--coverage" in report["command"]
+    assert "## Unknown pins: the model alone (3 pins" in out.read_text()
+    # without a coverage file nothing tells which pins it cannot know: refused, with the reason
+    assert unknown.main([*args, "--out", str(tmp_path / "none.md")]) == 2
+    assert "no coverage file beside" in capsys.readouterr().err
