@@ -94,3 +94,11 @@ def test_a_config_that_extends_itself_is_refused(tmp_path):
     (tmp_path / "b.toml").write_text("extends = 'a.toml'\n" + MINIMAL)
     with pytest.raises(PipelineError, match="loops"):
         load_config(tmp_path / "a.toml")
+
+
+def test_a_warm_restart_keys_the_heal_only_when_set_so_earlier_runs_stay_current(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(MINIMAL)
+    assert "init" not in load_config(path).settings("heal")["heal"]
+    path.write_text(MINIMAL + "[heal]\ninit = 'runs/x/heal/student'\n")
+    assert load_config(path).settings("heal")["heal"]["init"] == "runs/x/heal/student"

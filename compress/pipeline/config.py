@@ -75,7 +75,8 @@ class HealSection:
     depth_only: bool = False  # also heal the depth-only student (for a before / after comparison)
     # A warm restart: heal this checkpoint (e.g. an earlier run's heal/student, of the width stage's
     # shapes) instead of the width stage's output; its weights' digests join the heal's fingerprint.
-    init: str = ""
+    # Keyed only when set, so runs made before it existed stay current.
+    init: str = field(default="", metadata={"keyed_when_set": True})
 
     def __post_init__(self) -> None:
         if self.init and self.schedule:
@@ -127,7 +128,8 @@ class PipelineConfig:
         body = {}
         if section is not None:
             own = getattr(self, section)
-            skipped = {f.name for f in fields(own) if f.metadata.get("result") is False}
+            skipped = {f.name for f in fields(own) if f.metadata.get("result") is False
+                       or (f.metadata.get("keyed_when_set") and getattr(own, f.name) == f.default)}
             body = {k: v for k, v in asdict(own).items() if k not in skipped}
         return {"run": {"seed": self.run.seed, "dtype": self.run.dtype}, **({section: body} if section else {})}
 

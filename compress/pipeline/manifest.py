@@ -92,8 +92,9 @@ class Run:
         """A stage's key: its settings and the digests of the stages it reads (`stage.reads`)."""
         inputs = {s: self.record(s).get("digest") for s in stage.reads}
         key = {"stage": stage.name, "config": self.config.settings(stage.section), "inputs": inputs}
-        if stage.sources is not None:
-            key["sources"] = stage.sources(self.config)
+        sources = stage.sources(self.config) if stage.sources is not None else None
+        if sources:  # none (a heal with no warm restart) keys a stage as before sources were asked
+            key["sources"] = sources
         return fingerprint(key)
 
     def is_current(self, stage) -> bool:
