@@ -20,7 +20,7 @@ from compress.evaluate import Evaluation, evaluate, write_report
 from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
 from compress.pipeline.config import PipelineConfig, PipelineError
-from compress.pipeline.manifest import Run
+from compress.pipeline.manifest import Run, digest, outputs
 from compress.vocab import trim_checkpoint
 from compress.width import prune_to_width, width_scores
 from core.artifacts import (
@@ -34,7 +34,6 @@ from core.artifacts import (
     METRICS_FILE,
     SNAPSHOT_FILE,
     WIDTH_PLAN_FILE,
-    sha256_file,
     write_json,
 )
 from data.build import build, load_sources, source_hashes
@@ -212,11 +211,11 @@ def _check_init_shapes(student, width_dir: Path) -> None:
     """A warm restart heals the width stage's architecture, or the depth and width plans would not
     describe the student it leaves."""
     planned = json.loads((width_dir / "config.json").read_text())
-    wrong = {k: (getattr(student.config, k, None), v) for k, v in planned.items()
-             if k in (*CONFIG_FIELD.values(), "num_hidden_layers", "vocab_size") and getattr(student.config, k, None) != v}
+    shapes = [k for k in (*CONFIG_FIELD.values(), "num_hidden_layers", "vocab_size") if k in planned]
+    wrong = [f"{k} {getattr(student.config, k, None)} (planned {planned[k]})" for k in shapes
+             if getattr(student.config, k, None) != planned[k]]
     if wrong:
-        raise PipelineError("heal.init has other shapes than the width stage's: "
-                            + ", ".join(f"{k} {a} (planned {b})" for k, (a, b) in wrong.items()))
+        raise PipelineError("heal.init has other shapes than the width stage's: " + ", ".join(wrong))
 
 
 def heal_sources(config: PipelineConfig) -> dict:
@@ -224,10 +223,10 @@ def heal_sources(config: PipelineConfig) -> dict:
     init = config.heal.init
     if not init:
         return {}
-    files = sorted(f for f in Path(init).iterdir() if f.is_file()) if Path(init).is_dir() else []
-    if not files:
+    found = outputs(Path(init))  # hashed as a stage's outputs are
+    if not found:
         raise PipelineError(f"heal.init {init!r} is not a checkpoint folder")
-    return {"init": {f.name: sha256_file(f) for f in files}}
+    return {"init": digest(found)}
 
 
 def stage_evaluate(run: Run) -> dict:
