@@ -15,8 +15,9 @@ from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Behaviour, FakeLLMServe
 
 from data.generate.anthropic_writer import AnthropicGenerator
 from data.generate.base import GenerationError, GenerationRequest, GenerationResult
-from data.generate.llm import LLMGenerator, parse_retry_after, price_for, strip_thinking
+from data.generate.llm import LLMGenerator, price_for, strip_thinking
 from data.generate.openai_writer import OpenAIGenerator
+from data.generate.retries import parse_retry_after
 from data.generate.writer_prompt import render
 from data.geo import SHORT_DROP, plus_code_for
 from data.poi import POI

@@ -68,7 +68,7 @@ def test_no_function_of_a_hundred_lines():
 
 
 # Files over the limit that are another change's to split; an entry must go once its file is short.
-SPLIT_PENDING = {"data/generate/llm.py"}
+SPLIT_PENDING: set[str] = set()
 
 
 def test_no_file_of_five_hundred_lines():

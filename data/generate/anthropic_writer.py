@@ -7,7 +7,7 @@ from typing import Any
 
 import anthropic
 
-from data.generate import llm
+from data.generate import llm, retries
 from data.generate.base import GenerationRequest
 
 
@@ -60,10 +60,10 @@ class AnthropicGenerator(llm.LLMGenerator):
     def _read(self, message: object) -> llm.WriterReply:
         content = llm.field_of(message, "content")
         if not isinstance(content, list):
-            raise llm.MalformedResponse(f"no content list in {type(message).__name__}")
+            raise retries.MalformedResponse(f"no content list in {type(message).__name__}")
         texts = [llm.field_of(block, "text") for block in content if llm.field_of(block, "type") == "text"]
         if not all(isinstance(t, str) for t in texts):
-            raise llm.MalformedResponse("a text block without text")
+            raise retries.MalformedResponse("a text block without text")
         usage = llm.field_of(message, "usage")
         input_tokens, output_tokens = llm.token_count(usage, "input_tokens"), llm.token_count(usage, "output_tokens")
         served = llm.field_of(message, "model")
@@ -77,8 +77,8 @@ class AnthropicGenerator(llm.LLMGenerator):
             usage_reported=input_tokens is not None and output_tokens is not None,
         )
 
-    def _classify(self, exc: BaseException) -> llm.Failure | None:
-        return llm.classify_sdk_error(exc, anthropic)
+    def _classify(self, exc: BaseException) -> retries.Failure | None:
+        return retries.classify_sdk_error(exc, anthropic)
 
     def close(self) -> None:
         self._client.close()

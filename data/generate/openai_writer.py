@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from data.generate import llm
+from data.generate import llm, retries
 from data.generate.base import GenerationRequest
 
 # vLLM accepts any key unless started with --api-key; the SDK refuses to start without one.
@@ -67,13 +67,13 @@ class OpenAIGenerator(llm.LLMGenerator):
     def _read(self, response: object) -> llm.WriterReply:
         choices = llm.field_of(response, "choices")
         if not isinstance(choices, list) or not choices:
-            raise llm.MalformedResponse(f"no choices in {type(response).__name__}")
+            raise retries.MalformedResponse(f"no choices in {type(response).__name__}")
         message = llm.field_of(choices[0], "message")
         if message is None:
-            raise llm.MalformedResponse("first choice has no message")
+            raise retries.MalformedResponse("first choice has no message")
         content = llm.field_of(message, "content")
         if content is not None and not isinstance(content, str):
-            raise llm.MalformedResponse(f"message content is {type(content).__name__}, not text")
+            raise retries.MalformedResponse(f"message content is {type(content).__name__}, not text")
         usage = llm.field_of(response, "usage")
         input_tokens, output_tokens = (
             llm.token_count(usage, "prompt_tokens"),
@@ -89,8 +89,8 @@ class OpenAIGenerator(llm.LLMGenerator):
             usage_reported=input_tokens is not None and output_tokens is not None,
         )
 
-    def _classify(self, exc: BaseException) -> llm.Failure | None:
-        return llm.classify_sdk_error(exc, openai)
+    def _classify(self, exc: BaseException) -> retries.Failure | None:
+        return retries.classify_sdk_error(exc, openai)
 
     def close(self) -> None:
         self._client.close()
