@@ -1,5 +1,7 @@
 """Benchmark scripts; each writes its numbers to docs/results/ with the command that made them."""
 
+import argparse
+import json
 import os
 import shlex
 import socket
@@ -31,6 +33,21 @@ def reproduce_command(module: str, argv: list[str], out: Path, default_name: str
         args += ["--out", f"docs/results/{Path(out).name}"]
     return " ".join([f"python -m {module}", *map(shlex.quote, args)])  # an empty value stays ''
 
+
+
+def add_render_flag(parser: argparse.ArgumentParser) -> None:
+    """`--render [JSON]`: write the report again from a finished run's JSON, measuring nothing (after
+    a change to the report's layout, every number stays the one that command measured)."""
+    parser.add_argument("--render", nargs="?", const="", default=None, metavar="JSON",
+                        help="only re-render --out from a report JSON (alone: the JSON beside --out)")
+
+
+def report_to_render(args: argparse.Namespace, out: Path) -> dict | None:
+    """The report `--render` names, or None when this invocation is to measure."""
+    if args.render is None:
+        return None
+    source = Path(args.render) if args.render else out.with_suffix(".json")
+    return json.loads(source.read_text(encoding="utf-8"))
 
 
 @contextmanager

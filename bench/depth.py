@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench import reproduce_command
+from bench import add_render_flag, report_to_render, reproduce_command
 from bench.depth_plots import curve_plots
 from bench.depth_report import render
 from bench.depth_students import Setup, final_measures, heal_all, plan_students
@@ -113,15 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights for capture, search, evaluation (healing keeps fp32 master weights either way)")
-    p.add_argument("--render", metavar="JSON", help="only re-render the Markdown and plots from a report JSON")
+    add_render_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if args.render:
-        report = json.loads(Path(args.render).read_text(encoding="utf-8"))
+    report = report_to_render(args, out)
+    if report is not None:
         report["stem"] = out.stem
     else:
         report = run(args, argv if argv is not None else sys.argv[1:], out)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import reproduce_command
+from bench import add_render_flag, report_to_render, reproduce_command
 from compress.plots import save_figure
 from core.artifacts import write_atomic
 
@@ -303,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--only", default=None, help="comma-separated backends to run (default: all)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--render", default=None, metavar="JSON", help="only re-render --out from a previous run's JSON")
+    add_render_flag(parser)
     args = parser.parse_args(argv)
 
-    if args.render:  # re-render the markdown from a previous run's JSON
-        report = json.loads(Path(args.render).read_text())
+    if (report := report_to_render(args, Path(args.out))) is not None:
         write_atomic(Path(args.out), render(report, Path(args.out).with_suffix(".png").name))
         return 0
     if args.child:  # one target, in its own process; prints one JSON line

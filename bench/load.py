@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import chaos, facts, reproduce_command, start_server, stop
+from bench import add_render_flag, chaos, facts, report_to_render, reproduce_command, start_server, stop
 from core.artifacts import write_atomic
 from data.geo import moved
 from data.vocab import INTERESTS, STYLES
@@ -171,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chaos-aborting", type=int, default=6, help="aborting clients in the chaos run")
     parser.add_argument("--app-arg", action="append", default=[], help="passed to python -m app (e.g. --model=...)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/app.md"))
-    parser.add_argument("--render", action="store_true", help="only re-render --out from the JSON beside it")
+    add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.render:
-        write_atomic(out, render(json.loads(out.with_suffix(".json").read_text())))
+    if (report := report_to_render(args, out)) is not None:
+        write_atomic(out, render(report))
         return 0
     proc, url = start_server([sys.executable, "-m", "app", "--port", "{port}", *args.app_arg], "/health",
                              {"HF_HUB_OFFLINE": "1"})

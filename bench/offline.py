@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import ROOT, reproduce_command, serve
+from bench import ROOT, add_render_flag, report_to_render, reproduce_command, serve
 from core.artifacts import write_atomic
 from core.cli import fail
 
@@ -380,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs/results/offline.md"))
     parser.add_argument("--screenshot", default=str(ROOT / "docs/offline-phone.png"), help="'' for none")
     parser.add_argument("--repeats", type=int, default=2, help="answers per request and side; the fastest is kept")
-    parser.add_argument("--render", default=None, metavar="JSON", help="only re-render --out from a previous run's JSON")
+    add_render_flag(parser)
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     screenshot = Path(args.screenshot) if args.screenshot else None
     shot = os.path.relpath(screenshot, out.parent) if screenshot else None
-    if args.render:
-        write_atomic(out, render(json.loads(Path(args.render).read_text()), shot))
+    if (report := report_to_render(args, out)) is not None:
+        write_atomic(out, render(report, shot))
         return 0
     if not Path(CHROMIUM).exists():
         return fail("Debian's chromium is needed (apt-get install chromium)")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import reproduce_command
+from bench import add_render_flag, report_to_render, reproduce_command
 from bench.qins_report import render
 from compress.calibration import encode_rows, split_rows
 from compress.evaluate import forced_metrics
@@ -367,15 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed answers per row (median; rounds over all rows)")
     parser.add_argument("--gguf", nargs="*", default=list(GGUF_QUANTS), help="GGUF quants to compare")
     parser.add_argument("--note", default="", help="a sentence on the run's conditions, printed under the command")
-    parser.add_argument("--render", metavar="JSON", help="only re-render the Markdown from a report JSON")
+    add_render_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if args.render:
-        report = json.loads(Path(args.render).read_text(encoding="utf-8"))
+    report = report_to_render(args, out)
+    if report is not None:
         report["stem"] = out.stem
         if args.note:
             report["note"] = args.note

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
-from bench import facts, reproduce_command
+from bench import add_render_flag, facts, report_to_render, reproduce_command
 from bench.inference import copy_bandwidth, export_targets, run_in_child
 from compress.pipeline.config import load_config
 from compress.vocab import (
@@ -320,11 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-facts", action="store_true",
                         help="keep the facts section of the JSON beside --out (a run of ~40 min) and measure the rest")
-    parser.add_argument("--render", action="store_true", help="only re-render --out from the JSON beside it")
+    add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.render:
-        write_atomic(out, render(json.loads(out.with_suffix(".json").read_text())))
+    if (report := report_to_render(args, out)) is not None:
+        write_atomic(out, render(report))
         return 0
     gguf, work = Path(args.gguf), Path(args.work)
     known = Coverage.load(args.coverage) if args.coverage else TourGuide.coverage_for(str(gguf))
