@@ -116,6 +116,14 @@ async def _start(guide: TourGuide, plan: Plan, request: Request) -> Job | Respon
         watch.cancel()
 
 
+async def _accept(request: Request, guide: TourGuide) -> Job | Response:
+    """The request read and its answer begun, or the response that refuses it (bad input, busy)."""
+    plan = await _read_plan(request, guide)
+    if isinstance(plan, Response):
+        return plan
+    return await _start(guide, plan, request)
+
+
 async def _until_disconnect(request: Request) -> None:
     """Returns when the client hangs up (the body has been read: what comes next is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -171,10 +179,7 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
 
     @app.post("/tour-guide")
     async def tour_guide(request: Request):
-        plan = await _read_plan(request, guide)
-        if isinstance(plan, Response):
-            return plan
-        job = await _start(guide, plan, request)
+        job = await _accept(request, guide)
         if isinstance(job, Response):
             return job
         answer, gone = asyncio.ensure_future(_final(job)), asyncio.ensure_future(_until_disconnect(request))
@@ -195,10 +200,7 @@ def create_api(guide: TourGuide, app: FastAPI | None = None) -> FastAPI:
 
     @app.post("/tour-guide/stream")
     async def tour_guide_stream(request: Request):
-        plan = await _read_plan(request, guide)
-        if isinstance(plan, Response):
-            return plan
-        job = await _start(guide, plan, request)
+        job = await _accept(request, guide)
         return job if isinstance(job, Response) else JobStream(job)
 
     return app
