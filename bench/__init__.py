@@ -34,7 +34,6 @@ def reproduce_command(module: str, argv: list[str], out: Path, default_name: str
     return " ".join([f"python -m {module}", *map(shlex.quote, args)])  # an empty value stays ''
 
 
-
 def add_render_flag(parser: argparse.ArgumentParser) -> None:
     """`--render [JSON]`: write the report again from a finished run's JSON, measuring nothing (after
     a change to the report's layout, every number stays the one that command measured)."""
