@@ -53,6 +53,8 @@ SAMPLING_HELP = {
     "untagged_rate": "how often a request names only interests the place lacks",
     "unknown_rate": "share of requests about cells with no POI within 500 m, answered with a refusal",
     "unknown_near_share": "share of those cells drawn 0.5-2 km from a POI (near misses) rather than anywhere",
+    "unknown_near": "how near misses are drawn: ring (0.5-2 km from a random POI) or block (anywhere in a random "
+                    "Plus Code block that holds a POI)",
     "max_interests": "most interests one request names",
     "country": "country named in the writer's prompt",
     "language": "language of the descriptions",

@@ -10,10 +10,11 @@ same hash, whose answer is the refusal (data.refusal).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from data.generate.base import GenerationRequest
 from data.geo import Gazetteer, Place, decode, distance_m, moved, plus_code_for, shorten
@@ -40,6 +41,43 @@ _UNKNOWN_MAX_MISSES = 10_000
 # short codes share the leading characters of known ones, which a random point of a city's box
 # seldom does, and which is where a model mistakes an unknown cell for a known one.
 _NEAR_MIN_M, NEAR_MAX_M = UNKNOWN_CLEAR_M + 20.0, 2000.0
+# The third pair of a full Plus Code (the first of a short one): a block of ~5.5 x 4.6 km in Sydney.
+BLOCK_DEGREES = 0.05
+
+
+def block_of(lat: float, lon: float) -> tuple[float, float]:
+    """The south-west corner of the Plus Code block a point lies in."""
+    return (math.floor((lat + 90) / BLOCK_DEGREES) * BLOCK_DEGREES - 90,
+            math.floor((lon + 180) / BLOCK_DEGREES) * BLOCK_DEGREES - 180)
+
+
+def _ring_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, float]]:
+    def draw(rng: random.Random) -> tuple[float, float]:
+        poi = rng.choice(pois)
+        return moved(poi.latitude, poi.longitude, rng.uniform(_NEAR_MIN_M, NEAR_MAX_M), rng.uniform(0, 360))
+    return draw
+
+
+def _block_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, float]]:
+    blocks = sorted({block_of(p.latitude, p.longitude) for p in pois})
+    inset = 1e-7  # keeps a draw off the next block's edge whatever the float rounding
+
+    def draw(rng: random.Random) -> tuple[float, float]:
+        south, west = rng.choice(blocks)
+        return (rng.uniform(south + inset, south + BLOCK_DEGREES - inset),
+                rng.uniform(west + inset, west + BLOCK_DEGREES - inset))
+    return draw
+
+
+# How near misses are drawn. `ring`: 0.5-2 km from a random POI, so mostly around the dense centre
+# where most POIs stand. `block`: anywhere in a random block that holds a POI, every such block
+# alike, whatever its distance to the POIs: a pin in a sparse block shares its short code's first
+# pair with a few known places, and those are the pins the near-miss-3 models miss most
+# (docs/results/unknown-teacher-nearmiss-5.md).
+NEAR_MISSES: dict[str, Callable[[list[POI]], Callable[[random.Random], tuple[float, float]]]] = {
+    "ring": _ring_misses,
+    "block": _block_misses,
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +115,9 @@ class SamplingConfig:
     # Share of those unknown cells drawn near a POI (0.5-2 km away) rather than anywhere in the
     # region or abroad: the near misses. 0 keeps the stream of corpora (and bench pins) made without it.
     unknown_near_share: float = 0.0
+    # How near misses are drawn, of NEAR_MISSES; keys a corpus only when set, so corpora made
+    # before it keep their fingerprints.
+    unknown_near: str = field(default="ring", metadata={"keyed_when_set": True})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -93,6 +134,8 @@ class SamplingConfig:
             raise ValueError("unknown_rate must be at least 0 and below 1")
         if not 0 <= self.unknown_near_share <= 1:
             raise ValueError("unknown_near_share must be between 0 and 1")
+        if self.unknown_near not in NEAR_MISSES:
+            raise ValueError(f"unknown unknown_near {self.unknown_near!r}; choose from {list(NEAR_MISSES)}")
 
 
 def cells_from_pois(pois: list[POI], gazetteer: Gazetteer | None = None) -> list[Cell]:
@@ -143,12 +186,12 @@ def split_requests(cells: list[Cell], config: SamplingConfig, all_pois: list[POI
 
 
 def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None = None,
-                  near_share: float = 0.0) -> Iterator[Place]:
+                  near_share: float = 0.0, near: str = "ring") -> Iterator[Place]:
     """An endless seeded stream of distinct 10-digit cells with no POI within UNKNOWN_CLEAR_M of
     any point of them, as the app encodes a pin there (the cell centre, its short code and
     locality): alternately a random point of the POIs' region (streets, suburbs, bush, water) and
     one within 5 km of a random city of the gazetteer outside that region, with its own locality.
-    A `near_share` of the draws are instead near misses, 0.5-2 km from a random POI."""
+    A `near_share` of the draws are instead near misses, drawn as NEAR_MISSES[near] says."""
     if not pois:
         raise ValueError("unknown cells are placed around the POIs: give at least one")
     gaz = gazetteer or Gazetteer.default()
@@ -163,14 +206,13 @@ def unknown_cells(pois: list[POI], seed: int | str, gazetteer: Gazetteer | None 
     rng = random.Random(f"{seed}:unknown-cells")
     # Its own generator, so that with near_share 0 the other draws are those of a stream without it.
     near_rng = random.Random(f"{seed}:unknown-near")
+    near_miss = NEAR_MISSES[near](pois)
     seen: set[str] = set()
     misses = 0
     n = 0
     while True:
         if near_share and near_rng.random() < near_share:
-            poi = near_rng.choice(pois)
-            lat, lon = moved(poi.latitude, poi.longitude, near_rng.uniform(_NEAR_MIN_M, NEAR_MAX_M),
-                             near_rng.uniform(0, 360))
+            lat, lon = near_miss(near_rng)
         else:
             if n % 2 == 0 or not cities:
                 lat, lon = rng.uniform(south, north), rng.uniform(west, east)
@@ -199,7 +241,8 @@ def unknown_requests(counts: dict[str, int], config: SamplingConfig, pois: list[
     want = {s: round(counts[s] * config.unknown_rate / (1 - config.unknown_rate)) for s in SPLITS}
     out: dict[str, list[GenerationRequest]] = {s: [] for s in SPLITS}
     rng = random.Random(f"{config.seed}:unknown-requests")
-    cells = unknown_cells(pois, config.seed, gazetteer, near_share=config.unknown_near_share)
+    cells = unknown_cells(pois, config.seed, gazetteer, near_share=config.unknown_near_share,
+                          near=config.unknown_near)
     styles = list(STYLES)
     while any(len(out[s]) < want[s] for s in SPLITS):
         place = next(cells)

@@ -75,7 +75,8 @@ def test_pins_are_both_in_the_places_region_and_abroad(pois, pins):
 
 
 def test_the_pins_are_held_out_by_the_ship_corpus_hash():
-    for name in ("smollm2-ship", "smollm2-nearmiss", "smollm2-nearmiss-3", "smollm2-nearmiss-5"):
+    for name in ("smollm2-ship", "smollm2-nearmiss", "smollm2-nearmiss-3", "smollm2-nearmiss-5",
+                 "smollm2-nearmiss-6"):
         ship = load_config(ROOT / "configs" / f"{name}.toml").data.sampling
         assert (ship.seed, ship.test_fraction) == (facts.SHIP_SAMPLING.seed, facts.SHIP_SAMPLING.test_fraction)
         assert ship.unknown_rate > 0

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from data.sampling import (
     SPLITS,
     UNKNOWN_CLEAR_M,
     SamplingConfig,
+    block_of,
     cells_from_pois,
     split_of,
     split_requests,
@@ -183,3 +185,26 @@ def test_a_near_share_puts_near_misses_in_the_corpus(pois):
     with pytest.raises(ValueError, match="unknown_near_share"):
         SamplingConfig(unknown_near_share=1.5)
 
+
+
+def test_block_near_misses_share_each_poi_block_alike_wherever_its_pois_stand(pois):
+    """The ring follows the POIs (most stand in one block here, and it spills into empty neighbours);
+    `block` draws every block that holds a POI about equally, and no other block."""
+    blocks = Counter(block_of(p.latitude, p.longitude) for p in pois)
+    assert sorted(blocks.values()) == [1, 5]
+    n = 40 * len(blocks)
+    drawn = list(itertools.islice(unknown_cells(pois, seed=7, near_share=1.0, near="block"), n))
+    by_block = Counter(block_of(c.latitude, c.longitude) for c in drawn)
+    assert set(by_block) == set(blocks) and min(by_block.values()) > 0.35 * n
+    assert all(min(distance_m(c.latitude, c.longitude, p.latitude, p.longitude) for p in pois) > UNKNOWN_CLEAR_M
+               for c in drawn)
+    ring = Counter(block_of(c.latitude, c.longitude) for c in itertools.islice(unknown_cells(pois, seed=7, near_share=1.0), n))
+    assert set(ring) > set(blocks)
+
+
+def test_the_ring_stays_the_default_and_an_unknown_way_is_refused(pois):
+    assert SamplingConfig().unknown_near == "ring"
+    assert list(itertools.islice(unknown_cells(pois, seed=7, near_share=0.5), 30)) == \
+        list(itertools.islice(unknown_cells(pois, seed=7, near_share=0.5, near="ring"), 30))
+    with pytest.raises(ValueError, match="unknown_near"):
+        SamplingConfig(unknown_near="halo")

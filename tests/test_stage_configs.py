@@ -53,6 +53,14 @@ def test_the_run_seed_seeds_every_section_that_does_not_set_its_own(tmp_path):
     assert config.settings("depth")["run"]["seed"] == 7
 
 
+def test_a_setting_added_later_keys_a_result_only_when_set_even_inside_a_nested_config(tmp_path, minimal):
+    """Corpora built before `unknown_near` existed keep their fingerprints: at its default it is not a setting."""
+    assert "unknown_near" not in minimal.settings("data")["data"]["sampling"]
+    path = tmp_path / "block.toml"
+    path.write_text(MINIMAL + "[data.sampling]\nunknown_rate = 0.1\nunknown_near = 'block'\n")
+    assert load_config(path).settings("data")["data"]["sampling"]["unknown_near"] == "block"
+
+
 def test_paths_are_not_settings(tmp_path):
     """The pipeline names its own folders: a section cannot, so a run's stages always read each other."""
     path = tmp_path / "paths.toml"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from compress.analyze import ImportanceWeights
@@ -128,10 +128,20 @@ class PipelineConfig:
         body = {}
         if section is not None:
             own = getattr(self, section)
-            skipped = {f.name for f in fields(own) if f.metadata.get("result") is False
-                       or (f.metadata.get("keyed_when_set") and getattr(own, f.name) == f.default)}
-            body = {k: v for k, v in asdict(own).items() if k not in skipped}
+            body = _unkeyed_dropped(own, asdict(own))
         return {"run": {"seed": self.run.seed, "dtype": self.run.dtype}, **({section: body} if section else {})}
+
+
+def _unkeyed_dropped(config, body: dict) -> dict:
+    """`body` (asdict of `config`) less the fields no result depends on (`result: False`) and those
+    that key a result only when set (`keyed_when_set`, at their default), in nested configs too."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("result") is False or (f.metadata.get("keyed_when_set") and value == f.default):
+            del body[f.name]
+        elif is_dataclass(value):
+            _unkeyed_dropped(value, body[f.name])
+    return body
 
 
 SECTIONS = [f.name for f in fields(PipelineConfig) if f.name != "source"]
