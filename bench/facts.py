@@ -36,7 +36,7 @@ from data.generate.base import GenerationRequest
 from data.geo import Gazetteer, Place, moved
 from data.poi import POI, SYDNEY, load_pois
 from data.refusal import refusal_problems
-from data.sampling import NEAR_MAX_M, SamplingConfig, split_of, unknown_cells
+from data.sampling import NEAR_MAX_M, SamplingConfig, block_of, split_of, unknown_cells
 from data.validate import PlaceNames, fact_in_sentences, fact_present, foreign_places, names_poi
 from data.vocab import INTERESTS, STYLES, count_words, split_sentences
 from models.backends import open_backend
@@ -207,6 +207,7 @@ class UnknownCheck:
     style: str
     abroad: bool
     nearest_m: float | None  # to the nearest known place
+    in_known_block: bool  # its Plus Code block (a short code's first pair) holds a known place
     problems: tuple[str, ...]  # data.refusal.refusal_problems; none: refused
     words: int
     text: str
@@ -240,6 +241,7 @@ def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed
     """Each pin, the styles in turn and 1-3 seeded interests, planned as the app plans it and
     answered by the model alone; the refusal rates and each check."""
     rng = random.Random(f"{seed}:unknown")
+    known_blocks = {block_of(p.latitude, p.longitude) for p in (guide.coverage.places if guide.coverage else [])}
     checks = []
     for k, pin in enumerate(tqdm(pins, desc="unknown pins", unit="answer", disable=not progress)):
         request = TourRequest(pin, tuple(rng.sample(INTERESTS, rng.randint(1, 3))), list(STYLES)[k % len(STYLES)])
@@ -251,9 +253,11 @@ def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed
         nearest_m = nearest["distance_m"] if nearest else None
         checks.append(UnknownCheck(pin.plus_code, plan.query.location, request.style,
                                    nearest_m is not None and nearest_m > ABROAD_M, nearest_m,
+                                   block_of(pin.latitude, pin.longitude) in known_blocks,
                                    tuple(refusal_problems(text, names)), count_words(text), text))
     near = [c for c in checks if c.nearest_m is not None and c.nearest_m <= NEAR_MISS_M]
     groups = {"POI region": [c for c in checks if not c.abroad], f"of which within {NEAR_MISS_M / 1000:g} km of a place": near,
+              "of which in a Plus Code block that holds a known place": [c for c in checks if c.in_known_block],
               "abroad": [c for c in checks if c.abroad],
               **{s: [c for c in checks if c.style == s] for s in STYLES}}
     return {"pins": len(pins), **_refusals(checks), "by": {g: _refusals(cs) for g, cs in groups.items() if cs},
@@ -289,7 +293,8 @@ def render_unknown(result: dict) -> list[str]:
              "the corpus's hash holds out as test, so never trained. Each is asked the app's query for such a pin "
              "(TourGuide.plan: the pin's own cell, styles in turn, 1-3 random interests) straight through the model, "
              "greedy, with no app notice. A refusal is one sentence of at most 20 words that says it knows nothing, "
-             "names no known place and no other proper noun (data.refusal).", "",
+             "names no known place and no other proper noun (data.refusal). A Plus Code block is the ~5 km square "
+             "a short code's first two characters name.", "",
              "| pins | answers | refusal | names a known place | words |", "|---|---:|---:|---:|---:|"]
     for group, r in [*by.items(), ("all", result)]:
         lines.append(f"| {group} | {r['answers']} | {r['refused']:.1%} | {r['names_known']:.1%} | {r['mean_words']:.0f} |")

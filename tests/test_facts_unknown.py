@@ -12,7 +12,7 @@ from compress.pipeline.config import load_config
 from data.geo import distance_m, encode
 from data.poi import load_pois
 from data.refusal import REFUSALS, refusal_problems
-from data.sampling import SamplingConfig, cells_from_pois, split_of, split_requests
+from data.sampling import SamplingConfig, block_of, cells_from_pois, split_of, split_requests
 from data.validate import PlaceNames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,16 @@ def test_pins_within_two_km_of_a_place_are_counted_apart_as_the_near_misses(pois
     group = result["by"].get("of which within 2 km of a place", {"answers": 0})
     assert group["answers"] == len(near)
     assert all(c["nearest_m"] > 500 for c in result["checks"])
+
+
+def test_pins_in_a_plus_code_block_that_holds_a_known_place_are_counted_apart(pois, names, pins):
+    """Where the short code's first pair is a known place's, a model is likeliest to take the pin for it."""
+    result = facts.measure_unknown(guide_over(pois), pins, names, seed=0)
+    blocks = {block_of(p.latitude, p.longitude) for p in pois}
+    inside = [pin for pin in pins if block_of(pin.latitude, pin.longitude) in blocks]
+    assert 0 < len(inside) < len(pins)
+    assert [c["plus_code"] for c in result["checks"] if c["in_known_block"]] == [p.plus_code for p in inside]
+    assert result["by"]["of which in a Plus Code block that holds a known place"]["answers"] == len(inside)
 
 
 def test_a_pin_beside_a_known_place_is_refused_as_a_pin(pois, names):
