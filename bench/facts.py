@@ -33,10 +33,10 @@ from tqdm import tqdm
 from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
 from data.generate.base import GenerationRequest
-from data.geo import Gazetteer, Place, moved
+from data.geo import Gazetteer, Place, block_of, moved
 from data.poi import POI, SYDNEY, load_pois
 from data.refusal import refusal_problems
-from data.sampling import NEAR_MAX_M, SamplingConfig, block_of, split_of, unknown_cells
+from data.sampling import NEAR_MAX_M, SamplingConfig, split_of, unknown_cells
 from data.validate import PlaceNames, fact_in_sentences, fact_present, foreign_places, names_poi
 from data.vocab import INTERESTS, STYLES, count_words, split_sentences
 from models.backends import open_backend

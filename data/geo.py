@@ -224,6 +224,14 @@ def plus_code_for(lat: float, lon: float, digits: int = 10) -> str:
     return olc.encode(lat, lon, digits)
 
 
+def block_of(lat: float, lon: float) -> tuple[float, float, float, float]:
+    """(south, west, north, east) of the Plus Code block holding the point: the area named by a
+    full code's first six digits, i.e. the first pair of a short code (0.05 degrees a side)."""
+    lat, lon = check_coordinates(lat, lon)
+    area = olc.decode(olc.encode(lat, lon, SHORT_DROP + 2))
+    return area.latitudeLo, area.longitudeLo, area.latitudeHi, area.longitudeHi
+
+
 def shorten(full_code: str, gazetteer: Gazetteer | None = None) -> tuple[str | None, str | None]:
     """(short code, locality label) that recover to `full_code`, or (None, None) if none does."""
     gaz = gazetteer or Gazetteer.default()

@@ -10,14 +10,13 @@ same hash, whose answer is the refusal (data.refusal).
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from data.generate.base import GenerationRequest
-from data.geo import Gazetteer, Place, decode, distance_m, moved, plus_code_for, shorten
+from data.geo import Gazetteer, Place, block_of, decode, distance_m, moved, plus_code_for, shorten
 from data.poi import POI
 from data.vocab import INTERESTS, STYLES
 
@@ -41,16 +40,6 @@ _UNKNOWN_MAX_MISSES = 10_000
 # short codes share the leading characters of known ones, which a random point of a city's box
 # seldom does, and which is where a model mistakes an unknown cell for a known one.
 _NEAR_MIN_M, NEAR_MAX_M = UNKNOWN_CLEAR_M + 20.0, 2000.0
-# The third pair of a full Plus Code (the first of a short one): a block of ~5.5 x 4.6 km in Sydney.
-BLOCK_DEGREES = 0.05
-
-
-def block_of(lat: float, lon: float) -> tuple[float, float]:
-    """The south-west corner of the Plus Code block a point lies in."""
-    return (math.floor((lat + 90) / BLOCK_DEGREES) * BLOCK_DEGREES - 90,
-            math.floor((lon + 180) / BLOCK_DEGREES) * BLOCK_DEGREES - 180)
-
-
 def _ring_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, float]]:
     def draw(rng: random.Random) -> tuple[float, float]:
         poi = rng.choice(pois)
@@ -63,9 +52,8 @@ def _block_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, flo
     inset = 1e-7  # keeps a draw off the next block's edge whatever the float rounding
 
     def draw(rng: random.Random) -> tuple[float, float]:
-        south, west = rng.choice(blocks)
-        return (rng.uniform(south + inset, south + BLOCK_DEGREES - inset),
-                rng.uniform(west + inset, west + BLOCK_DEGREES - inset))
+        south, west, north, east = rng.choice(blocks)
+        return rng.uniform(south + inset, north - inset), rng.uniform(west + inset, east - inset)
     return draw
 
 

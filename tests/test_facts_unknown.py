@@ -9,10 +9,10 @@ from app.coverage import Coverage, KnownPlace
 from app.service import TourGuide, TourRequest
 from bench import facts, load
 from compress.pipeline.config import load_config
-from data.geo import distance_m, encode
+from data.geo import block_of, distance_m, encode
 from data.poi import load_pois
 from data.refusal import REFUSALS, refusal_problems
-from data.sampling import SamplingConfig, block_of, cells_from_pois, split_of, split_requests
+from data.sampling import SamplingConfig, cells_from_pois, split_of, split_requests
 from data.validate import PlaceNames
 
 ROOT = Path(__file__).resolve().parent.parent

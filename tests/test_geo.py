@@ -14,6 +14,7 @@ from data.geo import (
     GeoError,
     Locality,
     bearing_deg,
+    block_of,
     compass,
     decode,
     distance_m,
@@ -94,6 +95,19 @@ def test_open_ocean_has_a_full_code_but_no_short_code():
 )
 def test_every_form_a_person_types_reaches_the_same_cell(text):
     assert parse(text).plus_code == "4RRH46V8+74"
+
+
+@pytest.mark.parametrize("lat, lon, block", [
+    (*OPERA_HOUSE, (-33.9, 151.2, -33.85, 151.25)),
+    # On a block's west edge, where floor((lon + 180) / 0.05) in floats falls into the block before:
+    # Ku-ring-gai Chase National Park's coordinates in the POI file.
+    (-33.63, 151.2, (-33.65, 151.2, -33.6, 151.25)),
+])
+def test_a_block_is_the_area_a_short_codes_first_pair_names(lat, lon, block):
+    assert block_of(lat, lon) == pytest.approx(block, abs=1e-12)
+    full = plus_code_for(lat, lon)
+    assert plus_code_for(block[0] + 1e-9, block[1] + 1e-9)[:6] == full[:6]
+    assert plus_code_for(block[2] - 1e-9, block[3] - 1e-9)[:6] == full[:6]
 
 
 def test_decoding_gives_the_cell_centre():

@@ -12,7 +12,7 @@ from app.service import TourRequest
 from data.build import BuildConfig, build
 from data.generate.base import GenerationRequest
 from data.generate.template import write
-from data.geo import Gazetteer, distance_m, encode
+from data.geo import Gazetteer, block_of, distance_m, encode
 from data.poi import load_pois
 from data.prompt import TourQuery, build_messages
 from data.refusal import REFUSALS
@@ -20,7 +20,6 @@ from data.sampling import (
     SPLITS,
     UNKNOWN_CLEAR_M,
     SamplingConfig,
-    block_of,
     cells_from_pois,
     split_of,
     split_requests,
