@@ -236,15 +236,21 @@ def unknown_pins(pois: list[POI], count: int, seed: int = 0, corpus: SamplingCon
     return list(itertools.islice((p for p in stream if split_of(p.plus_code, corpus) == "test"), count))
 
 
+def unknown_requests(pins: list[Place], seed: int = 0) -> list[TourRequest]:
+    """Each pin asked once: the styles in turn, 1-3 seeded interests."""
+    rng = random.Random(f"{seed}:unknown")
+    return [TourRequest(pin, tuple(rng.sample(INTERESTS, rng.randint(1, 3))), list(STYLES)[k % len(STYLES)])
+            for k, pin in enumerate(pins)]
+
+
 def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed: int = 0,
                     progress: bool = False) -> dict:
     """Each pin, the styles in turn and 1-3 seeded interests, planned as the app plans it and
     answered by the model alone; the refusal rates and each check."""
-    rng = random.Random(f"{seed}:unknown")
     known_blocks = {block_of(p.latitude, p.longitude) for p in (guide.coverage.places if guide.coverage else [])}
     checks = []
-    for k, pin in enumerate(tqdm(pins, desc="unknown pins", unit="answer", disable=not progress)):
-        request = TourRequest(pin, tuple(rng.sample(INTERESTS, rng.randint(1, 3))), list(STYLES)[k % len(STYLES)])
+    for request in tqdm(unknown_requests(pins, seed), desc="unknown pins", unit="answer", disable=not progress):
+        pin = request.place
         plan = guide.plan(request)
         if plan.header["nearby"]:
             raise ValueError(f"{pin.plus_code} has a known place within 500 m: not an unknown pin for this model")

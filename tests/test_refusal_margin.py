@@ -1,0 +1,89 @@
+"""bench.refusal_margin: the first token's refusal margin is greedy decoding's decision, and the
+statistics read from it (AUROC, the trade-off of a shifted prior) are the textbook ones."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.service import TourGuide
+from bench import facts, refusal_margin
+from data.coverage import known_places, write_coverage
+from data.poi import load_pois
+from models.backends import GenerationOptions
+from models.backends.torch_runtime import TorchBackend
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
+
+
+@pytest.fixture(scope="module")
+def coverage_file(tiny_corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("coverage") / "coverage.json"
+    write_coverage(path, tiny_corpus, known_places(tiny_corpus, load_pois(FIXTURE)))
+    return path
+
+
+def test_auroc_is_the_share_of_pairs_ordered_right_with_ties_half():
+    assert refusal_margin.auroc(np.array([-3.0, -2.0]), np.array([1.0, 2.0])) == 1.0
+    assert refusal_margin.auroc(np.array([1.0, 2.0]), np.array([-3.0, -2.0])) == 0.0
+    assert refusal_margin.auroc(np.array([0.0, 1.0]), np.array([0.0, 2.0])) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+
+
+def test_the_tradeoff_reads_greedy_the_goal_and_no_known_refusal():
+    known = np.array([-5.0, -4.0, -1.0, 0.5])  # one known answer refused by greedy decoding
+    unknown = np.linspace(-2.0, 3.0, 100)  # 60 of 100 above 0
+    t = refusal_margin.tradeoff(known, unknown)
+    assert t["greedy"]["known_refused"] == 0.25 and t["greedy"]["unknown_refused"] == pytest.approx(0.6, abs=0.01)
+    assert t["goal"]["unknown_refused"] >= 0.95 > (unknown > t["goal"]["threshold"] + 0.06).mean()
+    assert t["goal"]["known_refused"] == 0.5  # the shift that refuses 95% of pins also refuses -1.0
+    assert t["none_known"]["known_refused"] == 0.0
+    assert t["none_known"]["unknown_refused"] == pytest.approx((unknown > 0.5).mean())
+
+
+def test_the_curve_runs_from_refusing_nothing_to_refusing_everything():
+    known, unknown = np.array([-1.0, 0.0]), np.array([0.5, -2.0])
+    x, y = refusal_margin.curve(known, unknown)
+    assert (x[0], y[0]) == (0.0, 0.0) and (x[-1], y[-1]) == (1.0, 1.0)
+    assert (np.diff(x) >= 0).all() and (np.diff(y) >= 0).all()
+
+
+def test_a_positive_margin_is_exactly_greedy_decoding_starting_a_refusal(micro_teacher, coverage_file):
+    from app.coverage import Coverage
+
+    coverage = Coverage.load(coverage_file)
+    with TorchBackend(str(micro_teacher)) as backend:
+        guide = TourGuide(backend, coverage)
+        first = refusal_margin.refusal_first_tokens(backend.tokenizer)
+        assert len(first) == 1 and backend.tokenizer.decode(first) == "I"
+        requests = [r for _, r in refusal_margin.known_requests(coverage, FIXTURE)]
+        requests += facts.unknown_requests(facts.unknown_pins(load_pois(FIXTURE), 6), 0)
+        margins = refusal_margin.margins(backend, guide, requests, "test")
+        for request, m in zip(requests, margins):
+            query = guide.plan(request).query
+            text = backend.complete(query, GenerationOptions(max_tokens=1)).text
+            assert backend.tokenizer.decode([int(backend.first_token_logprobs(query).argmax())]) == text
+            assert (m > 0) == (text == "I"), (m, text)
+
+
+def test_the_margin_is_the_refusal_starts_best_log_probability_over_every_other_tokens():
+    import torch
+
+    logprobs = torch.log_softmax(torch.tensor([0.0, 2.0, 1.0, 3.0]), dim=0)
+    assert refusal_margin.margin(logprobs, [1]) == pytest.approx(-1.0)  # token 3 wins by 1
+    assert refusal_margin.margin(logprobs, [1, 3]) == pytest.approx(2.0)  # a refusal start wins over token 2
+    assert logprobs[3] == logprobs.max()  # and the vector it was given is left as it was
+
+
+def test_the_command_writes_a_report_with_its_plot(micro_teacher, coverage_file, tmp_path):
+    out = tmp_path / "refusal-margin.md"
+    assert refusal_margin.main(["--model", f"micro={micro_teacher}", "--coverage", str(coverage_file),
+                                "--pois", str(FIXTURE), "--pins", "4", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    (model,) = report["models"]
+    assert model["label"] == "micro" and len(model["unknown"]) == 4
+    assert len(model["known"]) == report["known_answers"] == 3 * report["places"]
+    assert 0.0 <= model["auroc_interval"][0] <= model["auroc"] <= model["auroc_interval"][1] <= 1.0
+    text = out.read_text()
+    assert "| micro | " in text and "![trade-off and margins](refusal-margin.png)" in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
