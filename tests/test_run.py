@@ -101,7 +101,29 @@ def test_a_stage_no_later_one_reads_can_be_left_out_and_one_that_is_read_cannot(
     assert main(["--config", str(config), "--runs-dir", str(runs), "--skip", "evaluate"]) == 0
     assert stage_lines(capsys)["evaluate"] == "skipped as asked"
     assert main(["--config", str(config), "--runs-dir", str(runs), "--skip", "heal"]) == 2
-    assert "cannot skip heal: evaluate, vocab, export read its outputs" in capsys.readouterr().err
+    assert "cannot skip heal: evaluate, vocab, prior, export read its outputs" in capsys.readouterr().err
+
+
+def test_calibrating_the_refusal_prior_reruns_only_it_and_the_export_which_ships_it(micro_run, tmp_path, capsys):
+    from compress.refusal_prior import PRIOR_FILE
+
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_run, runs)
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO.read_text() + "\n[prior]\ncalibrate = true\npins = 6\n")
+    capsys.readouterr()
+    assert main(["--config", str(config), "--runs-dir", str(runs), "--skip", "evaluate"]) == 0
+    lines = stage_lines(capsys)
+    assert [s for s in STAGES if lines[s] not in ("unchanged, skipped", "skipped as asked")] == ["prior", "export"]
+    summary = manifest(runs)["stages"]["prior"]["summary"]
+    assert summary["after"]["known_refused"] == 0.0 and "alpha" in summary
+    assert (runs / "micro" / "prior" / "student" / PRIOR_FILE).is_file()
+    import gguf
+
+    exported = sorted((runs / "micro" / "export").glob("*.gguf"))
+    # the calibrated lm_head is its own tensor now (a tied one is absent and llama.cpp reuses token_embd)
+    assert exported and all("output.weight" in {t.name for t in gguf.GGUFReader(str(f)).tensors} for f in exported)
+    assert "refusal prior calibrated" in (runs / "micro" / "report.md").read_text()
 
 
 def test_a_warm_restart_heals_an_earlier_student_and_reruns_the_heal_onward_only(micro_run, tmp_path, capsys):
@@ -115,7 +137,7 @@ def test_a_warm_restart_heals_an_earlier_student_and_reruns_the_heal_onward_only
     capsys.readouterr()
     assert main(["--config", str(config), "--runs-dir", str(runs)]) == 0
     lines = stage_lines(capsys)
-    assert [s for s in STAGES if lines[s] != "unchanged, skipped"] == ["heal", "evaluate", "vocab", "export"]
+    assert [s for s in STAGES if lines[s] != "unchanged, skipped"] == ["heal", "evaluate", "vocab", "prior", "export"]
     first, again = (manifest(r)["stages"]["heal"]["summary"]["student"] for r in (micro_run, runs))
     assert again["before"]["kl"] < first["before"]["kl"]  # it starts healed, not from the pruned width
     # other weights under the same path are another start: the heal runs again
@@ -174,7 +196,7 @@ def test_an_interrupted_run_continues_with_the_same_command(micro_run, tmp_path)
     assert not (runs / "micro" / "heal" / "student" / "heal.json").exists()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "[6/10] width: unchanged, skipped" in done.stdout and "[7/10] heal: done" in done.stdout
+    assert "[6/11] width: unchanged, skipped" in done.stdout and "[7/11] heal: done" in done.stdout
     assert all(r["status"] == "done" for r in manifest(runs)["stages"].values())
 
 

@@ -7,7 +7,8 @@ schedule), [evaluate] EvalConfig: the same classes the stage CLIs build their fl
 default lives in one place. What a CLI takes as paths (model, corpus, output folder) and how it
 loads models (--dtype, --device) are not in them: the pipeline supplies those from its run folder
 and its [run] / [teacher] sections. A section's `seed`, unless the section sets one, is [run]'s.
-[vocab] is compress.vocab's VocabConfig: off unless it says `trim = true`.
+[vocab] is compress.vocab's VocabConfig: off unless it says `trim = true`. [prior] is
+compress.refusal_prior's PriorConfig: off unless it says `calibrate = true`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from compress.capture import CaptureConfig
 from compress.depth import DepthConfig
 from compress.evaluate import EvalConfig
 from compress.heal import HealConfig
+from compress.refusal_prior import PriorConfig
 from compress.vocab import VocabConfig
 from compress.width import SIZES, WidthConfig
 from core.config import ConfigError, from_table
@@ -119,6 +121,7 @@ class PipelineConfig:
     heal: HealSection = HealSection()
     evaluate: EvalConfig = EvalConfig()
     vocab: VocabConfig = VocabConfig()  # off unless `trim = true`
+    prior: PriorConfig = PriorConfig()  # off unless `calibrate = true`
     export: ExportSection = ExportSection()
     source: str = ""  # the TOML file it came from
 

@@ -16,7 +16,7 @@ from transformers import AutoConfig
 from compress.evaluate import METRIC_LEGEND, metric_table
 from compress.pipeline.config import PipelineError, load_config
 from compress.pipeline.manifest import Run
-from compress.pipeline.stages import STAGES, evaluated_models, final_student, teacher_path
+from compress.pipeline.stages import STAGES, evaluated_models, final_student, teacher_path, trimmed_student
 from compress.plots import plot_heal_curves, plot_qa
 from compress.transport.qa import read_log
 from core.artifacts import HEAL_FILE, MANIFEST_FILE, METRICS_FILE, RUN_REPORT_FILE, write_atomic
@@ -82,7 +82,9 @@ def _model_lines(run: Run) -> list[str]:
              "|---|" + "---:|" * (len(SIZE_FIELDS) + 2)]
     models = {"teacher": teacher_path(run), **evaluated_models(run)}
     if run.config.vocab.trim:
-        models["depth+width, healed, vocabulary trimmed"] = str(final_student(run))
+        models["depth+width, healed, vocabulary trimmed"] = str(trimmed_student(run))
+    if run.config.prior.calibrate:
+        models["... and its refusal prior calibrated"] = str(final_student(run))
     return lines + [row for name, folder in models.items() if (row := model_row(name, Path(folder)))]
 
 

@@ -21,6 +21,7 @@ from compress.general import general_kl, general_rows
 from compress.heal import heal, prune_heal_schedule
 from compress.pipeline.config import PipelineConfig, PipelineError
 from compress.pipeline.manifest import Run, digest, outputs
+from compress.refusal_prior import calibrate
 from compress.vocab import trim_checkpoint
 from compress.width import prune_to_width, width_scores
 from core.artifacts import (
@@ -87,10 +88,14 @@ def corpus(run: Run) -> Path:
     return run.stage_dir("data")
 
 
-def final_student(run: Run) -> Path:
-    """What the exports are made of: the healed student, trimmed to the corpus's tokens when
-    [vocab] says so."""
+def trimmed_student(run: Run) -> Path:
+    """The healed student, trimmed to the corpus's tokens when [vocab] says so."""
     return run.stage_dir("vocab") / "student" if run.config.vocab.trim else run.stage_dir("heal") / "student"
+
+
+def final_student(run: Run) -> Path:
+    """What the exports are made of: the trimmed student, its refusal prior calibrated when [prior] says so."""
+    return run.stage_dir("prior") / "student" if run.config.prior.calibrate else trimmed_student(run)
 
 
 def evaluated_models(run: Run) -> dict[str, str]:
@@ -244,9 +249,20 @@ def stage_vocab(run: Run) -> dict:
     if not v.trim:
         shutil.rmtree(run.stage_dir("vocab"), ignore_errors=True)  # a trimmed student of an earlier setting
         return {"trimmed": False}
-    report = trim_checkpoint(run.stage_dir("heal") / "student", corpus(run), final_student(run), v, student_options(run))
+    report = trim_checkpoint(run.stage_dir("heal") / "student", corpus(run), trimmed_student(run), v, student_options(run))
     return {"tokens": report["tokens"]["after"], "of": report["tokens"]["before"],
             "parameters": report["parameters"]["after"], "texts_checked": report["texts_checked"]}
+
+
+def stage_prior(run: Run) -> dict:
+    p = run.config.prior
+    if not p.calibrate:
+        shutil.rmtree(run.stage_dir("prior"), ignore_errors=True)  # a calibrated student of an earlier setting
+        return {"calibrated": False}
+    report = calibrate(trimmed_student(run), corpus(run), load_sources(run.config.data.poi_files()),
+                       run.config.data.sampling, final_student(run), p, student_options(run))
+    return {"alpha": round(report["alpha"], 4), "reached": report["reached"], "before": report["before"],
+            "after": report["after"], "argmax_changed_elsewhere": report["elsewhere"]["argmax_changed"]}
 
 
 def stage_export(run: Run) -> dict:
@@ -304,7 +320,8 @@ STAGES = (
     Stage("evaluate", stage_evaluate, reads=("data", "teacher", "depth", "width", "heal"), section="evaluate",
           outputs=(METRICS_FILE, EVAL_REPORT_FILE)),
     Stage("vocab", stage_vocab, reads=("data", "heal"), section="vocab"),  # its files only when it trims
-    Stage("export", stage_export, reads=("data", "heal", "vocab"), section="export"),
+    Stage("prior", stage_prior, reads=("data", "heal", "vocab"), section="prior"),  # its files only when it calibrates
+    Stage("export", stage_export, reads=("data", "heal", "vocab", "prior"), section="export"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
