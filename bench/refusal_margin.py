@@ -32,11 +32,11 @@ from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
 from bench import facts, reproduce_command
 from compress.plots import plt, save_figure
+from compress.refusal_prior import margin, refusal_starts
 from core.artifacts import write_atomic, write_json
 from core.cli import fail, new_parser
 from data.geo import encode
 from data.poi import SYDNEY, load_pois
-from data.refusal import REFUSALS
 from data.vocab import STYLES
 from models.backends import BackendError
 from models.backends.torch_runtime import TorchBackend
@@ -57,19 +57,8 @@ def known_requests(coverage: Coverage, pois_path: str | Path = SYDNEY, seed: int
     return asks
 
 
-def refusal_first_tokens(tokenizer) -> list[int]:
-    return sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in REFUSALS})
-
-
-def margin(logprobs, first: list[int]) -> float:
-    """log P(best refusal start) - log P(best other token): > 0 where greedy decoding starts a refusal."""
-    other = logprobs.clone()
-    other[first] = -float("inf")
-    return float(logprobs[first].max() - other.max())
-
-
 def margins(backend: TorchBackend, guide: TourGuide, requests: list[TourRequest], what: str) -> list[float]:
-    first = refusal_first_tokens(backend.tokenizer)
+    first = refusal_starts(backend.tokenizer)
     return [margin(backend.first_token_logprobs(guide.plan(r).query), first)
             for r in tqdm(requests, desc=what, unit="prompt")]
 

@@ -94,6 +94,7 @@ def calibration_queries(corpus: Path, pois: list[POI], sampling: SamplingConfig,
 
 
 def refusal_starts(tokenizer) -> list[int]:
+    """The ids of the refusals' first tokens (one, "I", for data.refusal's)."""
     return sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in REFUSALS})
 
 
@@ -110,13 +111,15 @@ def first_positions(net, tokenizer, prompts: list[list[dict]], starts: list[int]
             ids = tokenizer(render_prompt(messages, tokenizer), add_special_tokens=False, return_tensors="pt")["input_ids"]
             logits = net(input_ids=ids.to(head.weight.device)).logits[0, -1].float()
             hidden.append(captured["h"][0, -1].float().cpu())
-            margins.append(_margin(logits, starts))
+            margins.append(margin(logits, starts))
     finally:
         hook.remove()
     return torch.tensor(margins), torch.stack(hidden)
 
 
-def _margin(logits: torch.Tensor, starts: list[int]) -> float:
+def margin(logits: torch.Tensor, starts: list[int]) -> float:
+    """The best refusal start's logit (or log-probability) minus the best other token's: > 0 where
+    greedy decoding starts a refusal."""
     other = logits.clone()
     other[starts] = -math.inf
     return float(logits[starts].max() - other.max())

@@ -9,6 +9,7 @@ import pytest
 
 from app.service import TourGuide
 from bench import facts, refusal_margin
+from compress.refusal_prior import refusal_starts
 from data.coverage import known_places, write_coverage
 from data.poi import load_pois
 from models.backends import GenerationOptions
@@ -54,7 +55,7 @@ def test_a_positive_margin_is_exactly_greedy_decoding_starting_a_refusal(micro_t
     coverage = Coverage.load(coverage_file)
     with TorchBackend(str(micro_teacher)) as backend:
         guide = TourGuide(backend, coverage)
-        first = refusal_margin.refusal_first_tokens(backend.tokenizer)
+        first = refusal_starts(backend.tokenizer)
         assert len(first) == 1 and backend.tokenizer.decode(first) == "I"
         requests = [r for _, r in refusal_margin.known_requests(coverage, FIXTURE)]
         requests += facts.unknown_requests(facts.unknown_pins(load_pois(FIXTURE), 6), 0)
@@ -64,15 +65,6 @@ def test_a_positive_margin_is_exactly_greedy_decoding_starting_a_refusal(micro_t
             text = backend.complete(query, GenerationOptions(max_tokens=1)).text
             assert backend.tokenizer.decode([int(backend.first_token_logprobs(query).argmax())]) == text
             assert (m > 0) == (text == "I"), (m, text)
-
-
-def test_the_margin_is_the_refusal_starts_best_log_probability_over_every_other_tokens():
-    import torch
-
-    logprobs = torch.log_softmax(torch.tensor([0.0, 2.0, 1.0, 3.0]), dim=0)
-    assert refusal_margin.margin(logprobs, [1]) == pytest.approx(-1.0)  # token 3 wins by 1
-    assert refusal_margin.margin(logprobs, [1, 3]) == pytest.approx(2.0)  # a refusal start wins over token 2
-    assert logprobs[3] == logprobs.max()  # and the vector it was given is left as it was
 
 
 def test_the_command_writes_a_report_with_its_plot(micro_teacher, coverage_file, tmp_path):

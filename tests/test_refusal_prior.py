@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compress import refusal_prior
-from compress.refusal_prior import PRIOR_FILE, PriorConfig, calibrate, fit_shift
+from compress.refusal_prior import PRIOR_FILE, PriorConfig, calibrate, fit_shift, margin
 from data.build import load_sources
 from data.sampling import SamplingConfig
 from models.backends import GenerationOptions, open_backend
@@ -30,6 +30,13 @@ def test_the_shift_sits_half_way_between_refusing_the_target_and_keeping_every_k
     assert not crossed["reached"] and (torch.tensor([-1.0]) + crossed["alpha"] <= 0).all()
     # s scales the margin's move: a prompt whose state reads twice as far along d moves twice as much
     assert fit_shift(known, 2 * ones(3), unknown, ones(100), 0.9)["keeps_every_known"] == 1.5
+
+
+def test_the_margin_is_the_refusal_starts_best_log_probability_over_every_other_tokens():
+    logprobs = torch.log_softmax(torch.tensor([0.0, 2.0, 1.0, 3.0]), dim=0)
+    assert margin(logprobs, [1]) == pytest.approx(-1.0)  # token 3 wins by 1
+    assert margin(logprobs, [1, 3]) == pytest.approx(2.0)  # a refusal start wins over token 2
+    assert logprobs[3] == logprobs.max()  # and the vector it was given is left as it was
 
 
 @pytest.fixture(scope="module")
