@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
-from bench import facts, reproduce_command
+from bench import add_render_flag, facts, report_to_render, reproduce_command
 from compress.plots import plt, save_figure
 from compress.refusal_prior import margin, refusal_starts
 from core.artifacts import write_atomic, write_json
@@ -181,15 +181,21 @@ def _labelled(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m bench.refusal_margin", __doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", required=True, type=_labelled,
-                        help="LABEL=CHECKPOINT_DIR (torch), repeatable")
-    parser.add_argument("--coverage", required=True, help="the known places (a coverage file)")
+    parser.add_argument("--model", action="append", type=_labelled, help="LABEL=CHECKPOINT_DIR (torch), repeatable")
+    parser.add_argument("--coverage", help="the known places (a coverage file)")
     parser.add_argument("--pins", type=int, default=120, help="seeded unknown pins")
     parser.add_argument("--pois", default=str(SYDNEY), help="the POI file the places come from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the Markdown report; its JSON and plot go beside it")
+    add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if (report := report_to_render(args, out)) is not None:
+        report["plot"] = plot(report["models"], out.with_suffix(".png")).name
+        write_atomic(out, render(report))
+        return 0
+    if not args.model or not args.coverage:
+        parser.error("--model and --coverage are required, unless --render")
     try:
         coverage = Coverage.load(args.coverage)
         results = [score(label, model, coverage, args.pois, args.pins, args.seed) for label, model in args.model]

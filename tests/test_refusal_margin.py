@@ -79,3 +79,7 @@ def test_the_command_writes_a_report_with_its_plot(micro_teacher, coverage_file,
     text = out.read_text()
     assert "| micro | " in text and "![trade-off and margins](refusal-margin.png)" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
+    out.unlink()
+    out.with_suffix(".png").unlink()
+    assert refusal_margin.main(["--render", "--out", str(out)]) == 0  # the report again, measuring nothing
+    assert out.read_text() == text and out.with_suffix(".png").is_file()
