@@ -32,6 +32,8 @@ import itertools
 import math
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,18 +105,26 @@ def first_positions(net, tokenizer, prompts: list[list[dict]], starts: list[int]
     """(margins, final hidden states) at each prompt's first answer position; a margin is the best
     refusal start's logit minus the best other token's (> 0: greedy decoding starts a refusal)."""
     hidden, margins = [], []
-    head = net.get_output_embeddings()
-    captured = {}
-    hook = head.register_forward_hook(lambda _m, args, _out: captured.__setitem__("h", args[0]))
-    try:
+    device = net.get_output_embeddings().weight.device
+    with final_states(net) as captured:
         for messages in tqdm(prompts, desc=what, unit="prompt"):
             ids = tokenizer(render_prompt(messages, tokenizer), add_special_tokens=False, return_tensors="pt")["input_ids"]
-            logits = net(input_ids=ids.to(head.weight.device)).logits[0, -1].float()
+            logits = net(input_ids=ids.to(device)).logits[0, -1].float()
             hidden.append(captured["h"][0, -1].float().cpu())
             margins.append(margin(logits, starts))
+    return torch.tensor(margins), torch.stack(hidden)
+
+
+@contextmanager
+def final_states(net) -> Iterator[dict]:
+    """While open, each forward pass leaves the output projection's input (the final hidden
+    states, [batch, positions, hidden]) under "h" of the dict it yields."""
+    captured: dict = {}
+    hook = net.get_output_embeddings().register_forward_hook(lambda _m, args, _out: captured.__setitem__("h", args[0]))
+    try:
+        yield captured
     finally:
         hook.remove()
-    return torch.tensor(margins), torch.stack(hidden)
 
 
 def margin(logits: torch.Tensor, starts: list[int]) -> float:
@@ -190,24 +200,20 @@ def answer_positions(net, tokenizer, corpus: Path, starts: list[int], delta: tor
     """Past the first token, how far the shift moves the refusal start's logit (delta . h at each
     teacher-forced answer position of the first `rows` known val rows) and how often it changes
     the argmax there."""
-    head = net.get_output_embeddings()
-    captured = {}
-    hook = head.register_forward_hook(lambda _m, args, _out: captured.__setitem__("h", args[0]))
+    device = net.get_output_embeddings().weight.device
     moved, changed, positions = 0.0, 0, 0
-    try:
+    with final_states(net) as captured:
         for row in [r for r in read_split(corpus, "val") if r["poi_ids"]][:rows]:
             prompt = render_prompt(row["messages"], tokenizer)
             ids = tokenizer(prompt + row["target"], add_special_tokens=False, return_tensors="pt")["input_ids"]
             first = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            logits = net(input_ids=ids.to(head.weight.device)).logits[0, first:].float()
+            logits = net(input_ids=ids.to(device)).logits[0, first:].float()
             shift = captured["h"][0, first:].float().cpu() @ delta
             before = logits.clone()
             before[:, starts] -= shift[:, None].to(before.device)
             changed += int((before.argmax(-1) != logits.argmax(-1)).sum())
             moved = max(moved, float(shift.abs().max()))
             positions += len(shift)
-    finally:
-        hook.remove()
     return {"rows": rows, "positions": positions, "max_logit_shift": moved, "argmax_changed": changed}
 
 
