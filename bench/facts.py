@@ -243,6 +243,12 @@ def unknown_requests(pins: list[Place], seed: int = 0) -> list[TourRequest]:
             for k, pin in enumerate(pins)]
 
 
+def abroad(header: dict) -> bool:
+    """Whether a planned pin lies near a city abroad rather than in the known places' region."""
+    nearest = header["nearest"]
+    return nearest is not None and nearest["distance_m"] > ABROAD_M
+
+
 def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed: int = 0,
                     progress: bool = False) -> dict:
     """Each pin, the styles in turn and 1-3 seeded interests, planned as the app plans it and
@@ -258,7 +264,7 @@ def measure_unknown(guide: TourGuide, pins: list[Place], names: PlaceNames, seed
         nearest = plan.header["nearest"]
         nearest_m = nearest["distance_m"] if nearest else None
         checks.append(UnknownCheck(pin.plus_code, plan.query.location, request.style,
-                                   nearest_m is not None and nearest_m > ABROAD_M, nearest_m,
+                                   abroad(plan.header), nearest_m,
                                    block_of(pin.latitude, pin.longitude) in known_blocks,
                                    tuple(refusal_problems(text, names)), count_words(text), text))
     near = [c for c in checks if c.nearest_m is not None and c.nearest_m <= NEAR_MISS_M]

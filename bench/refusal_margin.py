@@ -26,17 +26,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from app.coverage import Coverage
-from app.service import TourGuide, TourRequest
+from app.service import Plan, TourGuide, TourRequest
 from bench import add_render_flag, facts, report_to_render, reproduce_command
 from compress.plots import plt, save_figure
-from compress.refusal_prior import margin, refusal_starts
+from compress.refusal_prior import first_positions, refusal_starts
 from core.artifacts import write_atomic, write_json
 from core.cli import fail, new_parser
 from data.geo import encode
 from data.poi import SYDNEY, load_pois
+from data.prompt import build_messages
 from data.vocab import STYLES
 from models.backends import BackendError
 from models.backends.torch_runtime import TorchBackend
@@ -57,10 +57,10 @@ def known_requests(coverage: Coverage, pois_path: str | Path = SYDNEY, seed: int
     return asks
 
 
-def margins(backend: TorchBackend, guide: TourGuide, requests: list[TourRequest], what: str) -> list[float]:
-    first = refusal_starts(backend.tokenizer)
-    return [margin(backend.first_token_logprobs(guide.plan(r).query), first)
-            for r in tqdm(requests, desc=what, unit="prompt")]
+def margins(backend: TorchBackend, plans: list[Plan], what: str) -> list[float]:
+    """Each planned query's margin, scored as compress.refusal_prior fits its shift."""
+    prompts = [build_messages(p.query) for p in plans]
+    return first_positions(backend.net, backend.tokenizer, prompts, refusal_starts(backend.tokenizer), what)[0].tolist()
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -106,9 +106,10 @@ def score(label: str, model: str, coverage: Coverage, pois_path: str | Path, pin
         guide = TourGuide(backend, coverage)
         known = known_requests(coverage, pois_path, seed)
         unknown_pins = facts.unknown_pins(load_pois(pois_path), pins, seed)
-        k = margins(backend, guide, [r for _, r in known], f"{label}: known")
-        u = margins(backend, guide, facts.unknown_requests(unknown_pins, seed), f"{label}: unknown")
-    region = [m for m, pin in zip(u, unknown_pins) if _in_region(guide, pin)]
+        unknown_plans = [guide.plan(r) for r in facts.unknown_requests(unknown_pins, seed)]
+        k = margins(backend, [guide.plan(r) for _, r in known], f"{label}: known")
+        u = margins(backend, unknown_plans, f"{label}: unknown")
+    region = [m for m, plan in zip(u, unknown_plans) if not facts.abroad(plan.header)]
     by_place: dict[str, list[float]] = {}
     for (place, _), m in zip(known, k):
         by_place.setdefault(place, []).append(m)
@@ -118,11 +119,6 @@ def score(label: str, model: str, coverage: Coverage, pois_path: str | Path, pin
             "auroc_interval": auroc_interval([np.array(v) for v in by_place.values()], unknown_arr, seed=seed),
             "auroc_region": auroc(known_arr, np.array(region)) if region else None,
             "tradeoff": tradeoff(known_arr, unknown_arr)}
-
-
-def _in_region(guide: TourGuide, pin) -> bool:
-    nearest = guide.header(pin)["nearest"]
-    return nearest is not None and nearest["distance_m"] <= facts.ABROAD_M
 
 
 def plot(results: list[dict], path: Path) -> Path:

@@ -53,6 +53,8 @@ def test_the_calibrated_student_refuses_as_fitted_and_says_how(calibrated):
     assert report["after"]["known_refused"] == 0.0
     if report["reached"]:
         assert report["after"]["unknown_refused"] >= 0.9
+    else:  # the micro teacher barely separates: known places win, the shift stops just short of the first
+        assert report["alpha"] == pytest.approx(report["keeps_every_known"] - 1e-3)
     assert report["max_prediction_error"] < 1e-3  # each first-position margin moved by alpha * s
     assert 0 < report["s"]["min"] <= report["s"]["max"]
     assert report["refusal_start_tokens"] == ["I"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from data.prompt import TourQuery, build_messages, render_prompt
+from data.prompt import render_prompt
 from models.backends.base import Backend, BackendError, GenerationOptions, Messages, Pieces, TextAssembler
 from models.load import LoadOptions, ModelLoadError, input_device, load_model
 
@@ -70,15 +70,6 @@ class TorchBackend(Backend):
     def _prompt_ids(self, messages: Messages) -> torch.Tensor:
         prompt = render_prompt(messages, self.tokenizer)
         return self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-
-    @torch.inference_mode()
-    def first_token_logprobs(self, prompt: TourQuery | Messages) -> torch.Tensor:
-        """The log-probabilities (1-D, over the vocabulary, float32) the answer's first token is drawn
-        from: where greedy decoding decides between a refusal and a description."""
-        ids = self._prompt_ids(build_messages(prompt) if isinstance(prompt, TourQuery) else prompt)
-        with self._lock:
-            logits = self.net(input_ids=ids).logits[0, -1]
-        return torch.log_softmax(logits.float(), dim=-1)
 
     @torch.inference_mode()
     def _generate(self, messages: Messages, options: GenerationOptions, state: Pieces) -> Iterator[str]:
