@@ -9,9 +9,11 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from core.artifacts import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +49,16 @@ def report_to_render(args: argparse.Namespace, out: Path) -> dict | None:
         return None
     source = Path(args.render) if args.render else out.with_suffix(".json")
     return json.loads(source.read_text(encoding="utf-8"))
+
+
+def rendered_again(args: argparse.Namespace, out: Path, render: Callable[[dict], str]) -> bool:
+    """Where `--render` was given, write `out` from the finished run's JSON and say so (the caller then
+    returns); False where this invocation is to measure."""
+    if (report := report_to_render(args, out)) is None:
+        return False
+    write_atomic(out, render(report))
+    print(f"wrote {out}")
+    return True
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import add_render_flag, report_to_render, reproduce_command
+from bench import add_render_flag, rendered_again, reproduce_command
 from compress.plots import save_figure
 from core.artifacts import write_atomic
 
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     add_render_flag(parser)
     args = parser.parse_args(argv)
 
-    if (report := report_to_render(args, Path(args.out))) is not None:
-        write_atomic(Path(args.out), render(report, Path(args.out).with_suffix(".png").name))
+    out = Path(args.out)
+    if rendered_again(args, out, lambda report: render(report, out.with_suffix(".png").name)):
         return 0
     if args.child:  # one target, in its own process; prints one JSON line
         target = Target(**json.loads(args.child))

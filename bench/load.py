@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import add_render_flag, chaos, facts, report_to_render, reproduce_command, start_server, stop
+from bench import add_render_flag, chaos, facts, rendered_again, reproduce_command, start_server, stop
 from core.artifacts import write_atomic
 from data.geo import moved
 from data.vocab import INTERESTS, STYLES
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if (report := report_to_render(args, out)) is not None:
-        write_atomic(out, render(report))
+    if rendered_again(args, out, render):
         return 0
     proc, url = start_server([sys.executable, "-m", "app", "--port", "{port}", *args.app_arg], "/health",
                              {"HF_HUB_OFFLINE": "1"})

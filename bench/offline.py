@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import ROOT, add_render_flag, report_to_render, reproduce_command, serve
+from bench import ROOT, add_render_flag, rendered_again, reproduce_command, serve
 from core.artifacts import write_atomic
 from core.cli import fail
 
@@ -385,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     screenshot = Path(args.screenshot) if args.screenshot else None
     shot = os.path.relpath(screenshot, out.parent) if screenshot else None
-    if (report := report_to_render(args, out)) is not None:
-        write_atomic(out, render(report, shot))
+    if rendered_again(args, out, lambda report: render(report, shot)):
         return 0
     if not Path(CHROMIUM).exists():
         return fail("Debian's chromium is needed (apt-get install chromium)")

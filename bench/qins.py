@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import add_render_flag, report_to_render, reproduce_command
+from bench import add_render_flag, rendered_again, reproduce_command
 from bench.qins_report import render
 from compress.calibration import encode_rows, split_rows
 from compress.evaluate import forced_metrics
@@ -374,13 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    report = report_to_render(args, out)
-    if report is not None:
+    def restamp(report: dict) -> str:
         report["stem"] = out.stem
         if args.note:
             report["note"] = args.note
-        write_atomic(out, render(report))
-        print(f"wrote {out}")
+        return render(report)
+
+    if rendered_again(args, out, restamp):
         return 0
     models = args.model or ["runs/demo/heal/student", "runs/demo/teacher"]
     started = time.perf_counter()

@@ -29,7 +29,7 @@ import numpy as np
 
 from app.coverage import Coverage
 from app.service import Plan, TourGuide, TourRequest
-from bench import add_render_flag, facts, report_to_render, reproduce_command
+from bench import add_render_flag, facts, rendered_again, reproduce_command
 from compress.plots import plt, save_figure
 from compress.refusal_prior import first_positions, refusal_starts
 from core.artifacts import write_atomic, write_json
@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if (report := report_to_render(args, out)) is not None:
+    def replot(report: dict) -> str:
         report["plot"] = plot(report["models"], out.with_suffix(".png")).name
-        write_atomic(out, render(report))
+        return render(report)
+
+    if rendered_again(args, out, replot):
         return 0
     if not args.model or not args.coverage:
         parser.error("--model and --coverage are required, unless --render")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from app.coverage import Coverage
 from app.service import TourGuide, TourRequest
-from bench import add_render_flag, facts, report_to_render, reproduce_command
+from bench import add_render_flag, facts, rendered_again, reproduce_command
 from bench.inference import copy_bandwidth, export_targets, run_in_child
 from compress.pipeline.config import load_config
 from compress.vocab import (
@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     add_render_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if (report := report_to_render(args, out)) is not None:
-        write_atomic(out, render(report))
+    if rendered_again(args, out, render):
         return 0
     gguf, work = Path(args.gguf), Path(args.work)
     known = Coverage.load(args.coverage) if args.coverage else TourGuide.coverage_for(str(gguf))
