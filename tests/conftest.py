@@ -10,6 +10,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
+def pois():
+    """The six fixture places (tests/fixtures/pois_small.jsonl), read once."""
+    from data.poi import load_pois
+
+    return load_pois(FIXTURES / "pois_small.jsonl")
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A template corpus of the six fixture POIs: every split non-empty, built in a second."""
     from data.build import BuildConfig, build

@@ -29,11 +29,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
 
 
 @pytest.fixture(scope="module")
-def pois():
-    return load_pois(FIXTURE)
-
-
-@pytest.fixture(scope="module")
 def cells(pois):
     return cells_from_pois(pois)
 

@@ -20,11 +20,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "pois_small.jsonl"
 
 
 @pytest.fixture(scope="module")
-def pois():
-    return load_pois(FIXTURE)
-
-
-@pytest.fixture(scope="module")
 def names(pois):
     return PlaceNames(pois)
 

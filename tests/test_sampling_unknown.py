@@ -33,11 +33,6 @@ CONFIG = SamplingConfig(samples_per_cell=40, val_fraction=0.2, test_fraction=0.2
 
 
 @pytest.fixture(scope="module")
-def pois():
-    return load_pois(FIXTURE)
-
-
-@pytest.fixture(scope="module")
 def by_split(pois):
     return split_requests(cells_from_pois(pois), CONFIG, pois)
 
