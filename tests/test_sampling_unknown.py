@@ -202,3 +202,20 @@ def test_the_ring_stays_the_default_and_an_unknown_way_is_refused(pois):
         list(itertools.islice(unknown_cells(pois, seed=7, near_share=0.5, near="ring"), 30))
     with pytest.raises(ValueError, match="unknown_near"):
         SamplingConfig(unknown_near="halo")
+
+
+def test_edit_near_misses_differ_from_a_known_code_in_one_digit_of_the_short_codes_first_pairs(pois):
+    """`edit`: a known place's code with one digit of its short code's first two pairs changed, kept
+    only where it lies clear of every place; the short code then differs from a known one in one
+    character, the hardest unknown pin there is."""
+    known = {encode(p.latitude, p.longitude).plus_code for p in pois}
+    drawn = list(itertools.islice(unknown_cells(pois, seed=7, near_share=1.0, near="edit"), 60))
+    edits = []
+    for cell in drawn:
+        at = [[i for i, (a, b) in enumerate(zip(cell.plus_code, code)) if a != b] for code in known]
+        one = [d[0] for d in at if len(d) == 1]
+        assert one and all(4 <= i <= 7 for i in one), cell.plus_code
+        edits += one
+    assert set(edits) >= {4, 5, 6, 7}  # latitude and longitude, 5 km and 250 m digits alike
+    assert all(min(distance_m(c.latitude, c.longitude, p.latitude, p.longitude) for p in pois) > UNKNOWN_CLEAR_M
+               for c in drawn)
