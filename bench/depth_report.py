@@ -162,6 +162,10 @@ def _layers_table(report: dict) -> list[str]:
              "|---:|---|---|---:|"]
     for name, s in report["students"].items():
         lines.append(f"| {s['remove']} | {name.rsplit('-r', 1)[0]} | {s['removed']} | {s['calibration_kl']:.3f} |")
+    twins = [(n, h["same_as"]) for n, h in report["healed"].items() if h.get("same_as")]
+    if twins:
+        lines += ["", "Strategies that chose the same layers are one model on the same batches, healed and answered "
+                  "once: " + "; ".join(f"{a} is {b}" for a, b in twins) + "."]
     return lines + [""]
 
 

@@ -130,26 +130,40 @@ def healed_name(student: str, loss: str, seed: int) -> str:
 
 
 def heal_all(setup: Setup, students: dict[str, dict]) -> dict[str, dict]:
-    """Every student healed with every loss and seed of the one budget; name -> its info and curve."""
-    healed = {}
+    """Every student healed with every loss and seed of the one budget; name -> its info and curve.
+    Students whose strategies chose the same layers (and continue no probe) are the same model on
+    the same batches: healed once, the others point at that healing (`same_as`)."""
+    healed, done = {}, {}
     for name, info in students.items():
         for loss in setup.losses:
             for seed in setup.heal_seeds:
-                config = setup.healing(loss, seed)
-                out = setup.work / "healed" / healed_name(name, loss, seed)
-                # fp32 master weights whatever the evaluation reads: AdamW updates vanish in bf16 weights
-                student, _ = load_model(info["path"], replace(setup.load, dtype="float32"))
-                teacher = setup.teacher if config.uses_teacher else None
-                _, report = heal(student, teacher, setup.tokenizer, setup.data, config, out, info["keep"],
-                                 progress=setup.progress, curve=setup.curve, resume_from=info["probe_folder"])
-                del student
-                curve = [{k: v[k] for k in ("step", "answer_logprob", "fact_accuracy", "perplexity") if k in v}
-                         for v in report["validations"]]
-                healed[healed_name(name, loss, seed)] = {
-                    **info, "path": str(out), "student": name, "loss": loss, "heal_seed": seed,
-                    "steps": report["steps"], "tokens": report["tokens"], "seconds": report["seconds"],
-                    "continued_probe": report["continued_probe"], "curve": curve}
+                twin = (tuple(sorted(info["removed"])), info["probe_folder"], loss, seed)
+                if twin in done:
+                    first = healed[done[twin]]
+                    healed[healed_name(name, loss, seed)] = {
+                        **info, **{k: first[k] for k in _HEALING_KEYS}, "student": name, "same_as": done[twin]}
+                    continue
+                done[twin] = healed_name(name, loss, seed)
+                healed[done[twin]] = {**info, **_heal_one(setup, info, loss, seed, name), "student": name}
     return healed
+
+
+_HEALING_KEYS = ("path", "loss", "heal_seed", "steps", "tokens", "seconds", "continued_probe", "curve")
+
+
+def _heal_one(setup: Setup, info: dict, loss: str, seed: int, name: str) -> dict:
+    config = setup.healing(loss, seed)
+    out = setup.work / "healed" / healed_name(name, loss, seed)
+    # fp32 master weights whatever the evaluation reads: AdamW updates vanish in bf16 weights
+    student, _ = load_model(info["path"], replace(setup.load, dtype="float32"))
+    teacher = setup.teacher if config.uses_teacher else None
+    _, report = heal(student, teacher, setup.tokenizer, setup.data, config, out, info["keep"],
+                     progress=setup.progress, curve=setup.curve, resume_from=info["probe_folder"])
+    del student
+    curve = [{k: v[k] for k in ("step", "answer_logprob", "fact_accuracy", "perplexity") if k in v}
+             for v in report["validations"]]
+    return {"path": str(out), "loss": loss, "heal_seed": seed, "steps": report["steps"], "tokens": report["tokens"],
+            "seconds": report["seconds"], "continued_probe": report["continued_probe"], "curve": curve}
 
 
 def final_measures(setup: Setup, models: dict[str, str], rows: list[dict], config: EvalConfig,
@@ -158,8 +172,12 @@ def final_measures(setup: Setup, models: dict[str, str], rows: list[dict], confi
     sums per place, as it ends: name -> {"answers": [...], "places": {...}}."""
     results = KeyedResults(setup.work / "final.json")
     asked = fingerprint([[r["plus_code"], r["style"], r["interests"], r["target"]] for r in rows])
-    out = {}
+    out, by_path = {}, {}
     for name, path in models.items():
+        if path in by_path:  # a student healed once for two strategies: answered once
+            out[name] = out[by_path[path]]
+            continue
+        by_path[path] = name
         inputs = {"model": model_fingerprint(path), "rows": asked, "eval": asdict(config), "curve": setup.curve.key,
                   "dtype": setup.load.dtype}
 

@@ -287,3 +287,36 @@ def test_a_started_server_answers_until_stopped_and_one_that_dies_says_why(tmp_p
     assert stop(proc) is not None and proc.log.closed
     with pytest.raises(RuntimeError, match="did not answer /health within 30 s: .*no such port"):
         start_server([sys.executable, "-c", "import sys; sys.exit('no such port {port}')"], "/health", timeout_s=30)
+
+
+def test_strategies_that_chose_the_same_layers_are_healed_and_answered_once(monkeypatch, tmp_path):
+    """Two strategies that remove the same layers make one model; healing it twice on the same batches
+    would spend an hour to learn nothing. A probe-continuing student is never a twin."""
+    import bench.depth_students as ds
+    from compress.guided import GuidedConfig
+    from compress.heal_config import HealConfig
+    from models.load import LoadOptions
+
+    healed_dirs = []
+
+    def heal(student, teacher, tokenizer, data, config, out, keep, **kw):
+        healed_dirs.append(out.name)
+        return None, {"steps": 3, "tokens": 30, "seconds": 1.0, "continued_probe": kw["resume_from"] is not None,
+                      "validations": [{"step": 0, "answer_logprob": -1.0}, {"step": 3, "answer_logprob": -0.5}]}
+
+    monkeypatch.setattr(ds, "heal", heal)
+    monkeypatch.setattr(ds, "load_model", lambda path, load: (object(), None))
+    setup = ds.Setup(None, None, "teacher", {}, None, GuidedConfig(), HealConfig(), ("ce",), (0, 1), None,
+                     tmp_path, tmp_path, tmp_path, LoadOptions())
+    student = {"keep": [0, 1], "probe_folder": None}
+    students = {"shortgpt-r2": {**student, "removed": [3, 4], "path": "a"},
+                "angular-r2": {**student, "removed": [4, 3], "path": "b"},
+                "u-shape-r2": {**student, "removed": [2, 3], "path": "c"},
+                "guided-heal-r2": {**student, "removed": [3, 4], "path": "d", "probe_folder": "probes/x"}}
+    healed = ds.heal_all(setup, students)
+    assert sorted(healed_dirs) == sorted(["shortgpt-r2+ce.s0", "shortgpt-r2+ce.s1", "u-shape-r2+ce.s0",
+                                          "u-shape-r2+ce.s1", "guided-heal-r2+ce.s0", "guided-heal-r2+ce.s1"])
+    twin = healed["angular-r2+ce.s1"]
+    assert twin["same_as"] == "shortgpt-r2+ce.s1" and twin["path"] == healed["shortgpt-r2+ce.s1"]["path"]
+    assert twin["student"] == "angular-r2" and twin["curve"] == healed["shortgpt-r2+ce.s1"]["curve"]
+    assert healed["guided-heal-r2+ce.s0"]["continued_probe"] and "same_as" not in healed["guided-heal-r2+ce.s0"]
