@@ -137,14 +137,16 @@ def heal_all(setup: Setup, students: dict[str, dict]) -> dict[str, dict]:
     for name, info in students.items():
         for loss in setup.losses:
             for seed in setup.heal_seeds:
-                twin = (tuple(sorted(info["removed"])), info["probe_folder"], loss, seed)
+                # a budget student (width pruned too) is never a twin: its layers do not say what it is
+                twin = (tuple(sorted(info["removed"])), info["probe_folder"], loss, seed) if "removed" in info else None
                 if twin in done:
                     first = healed[done[twin]]
                     healed[healed_name(name, loss, seed)] = {
                         **info, **{k: first[k] for k in _HEALING_KEYS}, "student": name, "same_as": done[twin]}
                     continue
-                done[twin] = healed_name(name, loss, seed)
-                healed[done[twin]] = {**info, **_heal_one(setup, info, loss, seed, name), "student": name}
+                healed[healed_name(name, loss, seed)] = {**info, **_heal_one(setup, info, loss, seed, name), "student": name}
+                if twin is not None:
+                    done[twin] = healed_name(name, loss, seed)
     return healed
 
 
