@@ -137,25 +137,25 @@ def heal_all(setup: Setup, students: dict[str, dict]) -> dict[str, dict]:
     for name, info in students.items():
         for loss in setup.losses:
             for seed in setup.heal_seeds:
+                key = healed_name(name, loss, seed)
                 # a budget student (width pruned too) is never a twin: its layers do not say what it is
                 twin = (tuple(sorted(info["removed"])), info["probe_folder"], loss, seed) if "removed" in info else None
                 if twin in done:
                     first = healed[done[twin]]
-                    healed[healed_name(name, loss, seed)] = {
-                        **info, **{k: first[k] for k in _HEALING_KEYS}, "student": name, "same_as": done[twin]}
+                    healed[key] = {**info, **{k: first[k] for k in _HEALING_KEYS}, "student": name, "same_as": done[twin]}
                     continue
-                healed[healed_name(name, loss, seed)] = {**info, **_heal_one(setup, info, loss, seed, name), "student": name}
+                healed[key] = {**info, **_heal_one(setup, info, loss, seed, key), "student": name}
                 if twin is not None:
-                    done[twin] = healed_name(name, loss, seed)
+                    done[twin] = key
     return healed
 
 
 _HEALING_KEYS = ("path", "loss", "heal_seed", "steps", "tokens", "seconds", "continued_probe", "curve")
 
 
-def _heal_one(setup: Setup, info: dict, loss: str, seed: int, name: str) -> dict:
+def _heal_one(setup: Setup, info: dict, loss: str, seed: int, key: str) -> dict:
     config = setup.healing(loss, seed)
-    out = setup.work / "healed" / healed_name(name, loss, seed)
+    out = setup.work / "healed" / key
     # fp32 master weights whatever the evaluation reads: AdamW updates vanish in bf16 weights
     student, _ = load_model(info["path"], replace(setup.load, dtype="float32"))
     teacher = setup.teacher if config.uses_teacher else None
