@@ -45,7 +45,7 @@ from compress.capture import CaptureConfig, Sources, run_capture
 from compress.compare import ratio
 from compress.depth import STRATEGY_NAMES
 from compress.evaluate import EvalConfig
-from compress.guided import GuidedConfig, calibration_for
+from compress.guided import CALIBRATION_FILE, GuidedConfig, calibration_for
 from compress.heal_config import HEAL_LOSSES, HealConfig
 from compress.heal_curve import HealCurve, place_rows
 from compress.width import WidthConfig
@@ -152,7 +152,7 @@ def setup(args) -> tuple[Setup, Path]:
     teacher, tokenizer = load_model(args.teacher, load)
     guided = GuidedConfig(**{k: getattr(args, k) for k in ("calibration_samples", "candidates", "swap_rounds",
                                                            "fact_weight", "probe_sets", "probe_swaps", "probe_steps")})
-    calibration = calibration_for(teacher, tokenizer, data, guided, args.pois)
+    calibration = calibration_for(teacher, tokenizer, data, guided, args.pois, store=work / CALIBRATION_FILE)
     curve = HealCurve.open(data, tokenizer, args.pois, batch_size=args.batch_size)
     losses = tuple(_names(args.heal_losses, HEAL_LOSSES, "healing loss"))
     seeds = tuple(int(s) for s in args.heal_seeds.split(","))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from torch import nn
 
-from compress.guided import Calibration, GuidedConfig, calibration_for, guided_removal
+from compress.guided import CALIBRATION_FILE, Calibration, GuidedConfig, calibration_for, guided_removal
 from compress.heal_config import HealConfig
 from compress.layers import delete_layers
 from compress.model_flags import add_model_flags, load_options
@@ -400,7 +400,7 @@ def prune_depth(model_path: str, load: LoadOptions, config: DepthConfig, out_dir
     """Load `model_path`, choose its layers by `config` (`analysis`: the capture's analysis.json
     or its folder; `data`: the corpus the searches calibrate and probe on; `pois`: the POI file it
     was built from) and write the pruned checkpoint with its plan to `out_dir`. Returns the pruned
-    model and the plan. guided-heal's probes live in out_dir/probes."""
+    model and the plan. guided-heal's probes and the searches' measurements live in out_dir/probes."""
     needs = strategy(config.strategy).needs
     if {"calibration", "probe"} & set(needs) and data is None:
         raise ValueError(f"strategy {config.strategy} needs --data CORPUS for its calibration samples")
@@ -413,7 +413,8 @@ def prune_depth(model_path: str, load: LoadOptions, config: DepthConfig, out_dir
         raise ValueError(f"--keep must be between 1 and {n - 1} for a {n}-layer model, not {config.keep}")
     calibration = None
     if "calibration" in needs:
-        calibration = calibration_for(model, tokenizer, data, config, pois if "facts" in needs else None)
+        calibration = calibration_for(model, tokenizer, data, config, pois if "facts" in needs else None,
+                                      store=Path(out_dir) / "probes" / CALIBRATION_FILE)
     probe = None
     if "probe" in needs:
         probe = ProbeSetup(config.probe_heal(), Path(data), tokenizer, Path(out_dir) / "probes")

@@ -28,8 +28,12 @@ from compress.calibration import ForcedTotals, answer_logprobs, answer_targets, 
 from compress.fact_tokens import fact_masks
 from compress.layers import layers_removed
 from compress.stats import VARIANTS
+from core.artifacts import KeyedResults, corpus_sha, files_sha, model_fingerprint
 from data.poi import load_pois
 from models.load import decoder_layers
+
+# Where a search keeps its measurements (Calibration's store), beside the plans it makes.
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,13 @@ class Calibration:
     """KL divergence to the unpruned model on calibration samples, for any set of removed layers.
     The teacher's log-probabilities are computed once; each measurement is one forward pass of the
     calibration set through the kept layers. With `weights` (one per answer token of each
-    sequence) each measurement also gives `fact_kl`, the weighted mean of the per-token KL."""
+    sequence) each measurement also gives `fact_kl`, the weighted mean of the per-token KL.
+    With a `store` (core.artifacts.KeyedResults) and the `inputs` that identify this calibration,
+    every measurement is also kept on disk: a search killed halfway measures nothing twice when it
+    is run again, and a later search over the same teacher and samples starts from its sets."""
 
-    def __init__(self, model: nn.Module, sequences, batch_size: int = 8, weights: list[torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, sequences, batch_size: int = 8, weights: list[torch.Tensor] | None = None,
+                 store: KeyedResults | None = None, inputs: dict | None = None):
         if not sequences:
             raise ValueError("calibration needs at least one sample")
         self.model, self.sequences, self.batch_size, self.weights = model, sequences, batch_size, weights
@@ -81,24 +89,33 @@ class Calibration:
         self.teacher = [lp.to(torch.bfloat16) if big else lp
                         for _, batch in answer_logprobs(model, sequences, batch_size) for lp in batch]
         self.cache: dict[tuple[int, ...], dict] = {}
+        self.store, self.inputs = store, inputs
 
     def measure(self, removed: list[int]) -> dict:
+        """KL (and the forced-answer statistics) of the model without `removed` against the teacher."""
         key = tuple(sorted(removed))
         if key not in self.cache:
-            totals, weighted, weight = ForcedTotals(), 0.0, 0.0
-            with layers_removed(self.model, list(key)):
-                for indices, batch in answer_logprobs(self.model, self.sequences, self.batch_size):
-                    for i, student in zip(indices, batch):
-                        totals.add(student, self.teacher[i], answer_targets(self.sequences[i], student.device))
-                        if self.weights is not None:
-                            w = self.weights[i].to(student.device)
-                            weighted += float((kl_per_token(self.teacher[i], student) * w).sum())
-                            weight += float(w.sum())
-            means = totals.means()
-            if self.weights is not None:
-                means["fact_kl"] = weighted / weight
-            self.cache[key] = means
+            if self.store is None:
+                self.cache[key] = self._measured(key)
+            else:
+                name = "-".join(map(str, key)) or "none"
+                self.cache[key] = self.store.reuse(name, self.inputs, lambda: self._measured(key))
         return self.cache[key]
+
+    def _measured(self, key: tuple[int, ...]) -> dict:
+        totals, weighted, weight = ForcedTotals(), 0.0, 0.0
+        with layers_removed(self.model, list(key)):
+            for indices, batch in answer_logprobs(self.model, self.sequences, self.batch_size):
+                for i, student in zip(indices, batch):
+                    totals.add(student, self.teacher[i], answer_targets(self.sequences[i], student.device))
+                    if self.weights is not None:
+                        w = self.weights[i].to(student.device)
+                        weighted += float((kl_per_token(self.teacher[i], student) * w).sum())
+                        weight += float(w.sum())
+        means = totals.means()
+        if self.weights is not None:
+            means["fact_kl"] = weighted / weight
+        return means
 
     def best_sets(self, size: int, count: int, objective: str = "kl") -> list[list[int]]:
         """The `count` sets of `size` removed layers measured so far with the lowest objective."""
@@ -116,16 +133,23 @@ class Calibration:
 
 
 def calibration_for(model, tokenizer, corpus: str | Path, config: GuidedConfig,
-                    pois: str | Path | None = None) -> Calibration:
+                    pois: str | Path | None = None, store: str | Path | None = None) -> Calibration:
     """The calibration set of `config`; given the POI file `pois` the corpus was built from, each
-    answer token also weighted by whether it states a fact of the place (`fact_weight` or 1)."""
+    answer token also weighted by whether it states a fact of the place (`fact_weight` or 1). With a
+    `store` file, measurements are kept there, keyed by the model, corpus and sample settings."""
     rows = split_rows(corpus, "calibration", config.calibration_samples, config.seed)
     sequences = encode_rows(rows, tokenizer, config.max_length)
     weights = None
     if pois is not None:
         places = {p.id: p for p in load_pois(pois)}
         weights = [1.0 + (config.fact_weight - 1.0) * m.float() for m in fact_masks(rows, sequences, tokenizer, places)]
-    return Calibration(model, sequences, config.batch_size, weights)
+    if store is None:
+        return Calibration(model, sequences, config.batch_size, weights)
+    inputs = {"model": model_fingerprint(str(model.name_or_path)), "dtype": str(next(model.parameters()).dtype),
+              "corpus": corpus_sha(corpus, ("train", "val")), "pois": None if pois is None else files_sha([Path(pois)]),
+              **{k: getattr(config, k) for k in ("calibration_samples", "seed", "max_length", "batch_size")},
+              "fact_weight": config.fact_weight if pois is not None else None}
+    return Calibration(model, sequences, config.batch_size, weights, KeyedResults(store), inputs)
 
 
 def guided_removal(calibration: Calibration, analysis: dict | None, remove: int, config: GuidedConfig = GuidedConfig(),

@@ -244,6 +244,23 @@ def test_the_fact_weighted_search_weighs_fact_tokens_as_told(micro_teacher, tiny
         guided_removal(plain, None, 1, config, progress=False, objective="fact_kl")
 
 
+def test_a_search_run_again_measures_nothing_twice_unless_its_inputs_changed(micro_teacher, tiny_corpus, tmp_path):
+    from compress.guided import calibration_for
+
+    model, tok = load_model(str(micro_teacher), LoadOptions(dtype="float32"))
+    store, config = tmp_path / "calibration.json", GuidedConfig(calibration_samples=6, candidates=2, swap_rounds=1)
+    first = calibration_for(model, tok, tiny_corpus, config, store=store)
+    removed, _ = guided_removal(first, None, 2, config, progress=False)
+
+    again = calibration_for(model, tok, tiny_corpus, config, store=store)
+    again._measured = lambda key: pytest.fail(f"measured {key} again")
+    assert guided_removal(again, None, 2, config, progress=False)[0] == removed
+    assert again.measure([1]) == first.measure([1])
+
+    fewer = calibration_for(model, tok, tiny_corpus, GuidedConfig(calibration_samples=4), store=store)
+    assert fewer.measure([1])["kl"] != first.measure([1])["kl"]  # other samples: measured anew
+
+
 def test_guided_heal_probes_every_candidate_and_the_winner_heals_on_from_its_probe(
         micro_teacher, micro_analysis, tiny_corpus, tmp_path, monkeypatch):
     from compress import guided_heal
