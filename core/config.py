@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 
 
 class ConfigError(ValueError):
@@ -42,3 +42,20 @@ def from_table(cls, table: dict, where: str):
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def keyed_settings(config) -> dict:
+    """asdict(config) less what no result depends on: fields marked `result: False`, and those
+    marked `keyed_when_set` while at their default (a setting added later: results made before it
+    existed keep their keys), in nested configs too."""
+    return _unkeyed_dropped(config, asdict(config))
+
+
+def _unkeyed_dropped(config, body: dict) -> dict:
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("result") is False or (f.metadata.get("keyed_when_set") and value == f.default):
+            del body[f.name]
+        elif is_dataclass(value):
+            _unkeyed_dropped(value, body[f.name])
+    return body

@@ -111,3 +111,12 @@ eval_samples = 4\nrecall_samples = 2\nmax_length = 256\nprecision = "fp32"\n[dep
     summary = json.loads((run / "manifest.json").read_text())["stages"]["teacher"]["summary"]
     assert summary["steps"] == 4 and summary["general_kl"] > 0 and "fact_recall_known" in summary
     assert (run / "teacher" / "config.json").is_file() and (run / "teacher" / "general.json").is_file()
+
+
+def test_a_first_token_weight_keys_a_run_only_when_set():
+    from core.config import keyed_settings
+
+    assert "first_weight" not in keyed_settings(FinetuneConfig())  # runs made before it existed stay finished
+    assert keyed_settings(FinetuneConfig(first_weight=4.0))["first_weight"] == 4.0
+    with pytest.raises(ValueError, match="first_weight"):
+        FinetuneConfig(first_weight=0)

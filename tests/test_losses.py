@@ -49,6 +49,20 @@ def test_answer_ce_scores_only_the_predictions_of_answer_tokens():
     assert answer_ce(logits, labels) == pytest.approx(expected.item())
 
 
+def test_a_first_token_weight_counts_each_answers_decision_that_many_times():
+    logits = torch.randn(2, 6, 9)
+    labels = torch.tensor([[-100, -100, 4, 2, 7, -100],    # answer from position 2: position 1 decides
+                           [-100, -100, -100, 3, 5, 1]])   # answer from position 3: position 2 decides
+    per_token = {(r, p): F.cross_entropy(logits[r, p], labels[r, p + 1]).item()
+                 for r, p in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (1, 4)]}
+    firsts = per_token[(0, 1)] + per_token[(1, 2)]
+    expected = (sum(per_token.values()) - firsts + 5 * firsts) / (6 + 2 * 4)
+    assert answer_ce(logits, labels, first_weight=5.0).item() == pytest.approx(expected, rel=1e-6)
+    assert torch.equal(answer_ce(logits, labels, first_weight=1.0), answer_ce(logits, labels))
+    unlabelled = torch.cat([labels, torch.full((1, 6), -100)])  # a row with no answer weighs nothing
+    assert answer_ce(torch.cat([logits, torch.randn(1, 6, 9)]), unlabelled, 5.0).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_kd_of_identical_logits_is_zero_and_at_temperature_one_it_is_the_kl_divergence():
     student, teacher = torch.randn(2, 4, 10), torch.randn(2, 4, 10)
     mask = torch.ones(2, 4, dtype=torch.bool)

@@ -28,6 +28,7 @@ import torch
 
 from core.artifacts import TRAINING_FILE, corpus_sha, fingerprint, model_fingerprint, write_json
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
+from core.config import keyed_settings
 from data.corpus import read_split
 from data.poi import SYDNEY
 from models.checkpoint import save_model_dir
@@ -71,12 +72,17 @@ class FinetuneConfig:
     checkpoint_every: int | None = field(default=50, metadata={"help": "steps between checkpoints"})
     seed: int = 0
     max_minutes: float | None = field(default=None, metadata={"help": "stop after this long, then save"})
+    first_weight: float = field(default=1.0, metadata={
+        "keyed_when_set": True, "help": "weight of each answer's first token in the loss, where the guide decides between describing "
+                "and refusing (1: every token alike)"})
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown fine-tuning method {self.method!r}; choose {', '.join(METHODS)}")
         if self.epochs <= 0 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.first_weight <= 0:
+            raise ValueError("first_weight must be positive")
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
@@ -113,7 +119,7 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     report (also in out_dir/training.json). A finished run with the same key is returned as is;
     an interrupted one resumes from its checkpoint."""
     corpus, out_dir = Path(corpus), Path(out_dir)
-    key = fingerprint({"base": model_fingerprint(base), "corpus": corpus_sha(corpus), "config": asdict(config)})
+    key = fingerprint({"base": model_fingerprint(base), "corpus": corpus_sha(corpus), "config": keyed_settings(config)})
     done = finished_report(out_dir, TRAINING_FILE, key)
     if done is not None:
         return done
@@ -131,7 +137,9 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     loop = loop_config(config, steps, per_epoch, progress)
     trained = with_lora(model, config.lora_rank, config.lora_alpha) if config.method == "lora" else model
     trained.train()
-    result = train(trained, TourTask(val, tokenizer.pad_token_id, config.batch_size), examples,
+    task = TourTask(val, tokenizer.pad_token_id, config.batch_size)
+    task.first_weight = config.first_weight
+    result = train(trained, task, examples,
                    tokenizer.pad_token_id, loop, out_dir, key)
     if not result.finished:
         return {"stopped_at": result.state.step}

@@ -116,6 +116,8 @@ class Task:
     """What a training optimises and how it is judged. The default trains on cross-entropy of the
     answer tokens and never validates; subclasses override what they need."""
 
+    first_weight = 1.0  # of each answer's first token in the cross-entropy (losses.answer_ce)
+
     def modules(self) -> dict[str, nn.Module]:
         """Modules trained beside the model (e.g. a learned projection), checkpointed with it."""
         return {}
@@ -126,7 +128,7 @@ class Task:
         start = scored_from(batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        logits_to_keep=batch["labels"].shape[1] - start).logits
-        return answer_ce(logits, batch["labels"][:, start:])
+        return answer_ce(logits, batch["labels"][:, start:], self.first_weight)
 
     def validate(self, model: nn.Module) -> dict | None:
         """Metrics of the model as it stands (called in eval mode, without gradients); None: none."""

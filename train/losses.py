@@ -14,13 +14,22 @@ from torch import nn
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
 
 
-def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_ce(logits: torch.Tensor, labels: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy of the labelled (answer) tokens, each predicted from the position before.
     The same operations as transformers' causal-LM loss, so training on it is bit-identical to
-    training on `model(..., labels=labels).loss`."""
-    targets = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].contiguous()
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1).to(logits.device),
-                           ignore_index=IGNORE)
+    training on `model(..., labels=labels).loss`. A `first_weight` other than 1 counts each row's
+    first answer token that many times in the mean: the token where a guide decides between
+    describing a place and saying it knows nothing there, one among a hundred in a description."""
+    targets = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].contiguous().to(logits.device)
+    flat = logits.float().view(-1, logits.shape[-1])
+    if first_weight == 1.0:
+        return F.cross_entropy(flat, targets.view(-1), ignore_index=IGNORE)
+    scored = targets != IGNORE
+    weights = scored.float()
+    rows = scored.any(dim=1).nonzero().squeeze(1)
+    weights[rows, scored[rows].float().argmax(dim=1)] = first_weight  # argmax: the first True
+    per_token = F.cross_entropy(flat, targets.view(-1), ignore_index=IGNORE, reduction="none")
+    return (per_token * weights.view(-1)).sum() / weights.sum()
 
 
 def scored_from(labels: torch.Tensor) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from compress.analyze import ImportanceWeights
@@ -26,7 +26,7 @@ from compress.heal import HealConfig
 from compress.refusal_prior import PriorConfig
 from compress.vocab import VocabConfig
 from compress.width import SIZES, WidthConfig
-from core.config import ConfigError, from_table
+from core.config import ConfigError, from_table, keyed_settings
 from data.build import BuildConfig
 from export.gguf import DEFAULT_QUANT, QUANTS
 from export.onnx import PRECISIONS
@@ -131,20 +131,8 @@ class PipelineConfig:
         body = {}
         if section is not None:
             own = getattr(self, section)
-            body = _unkeyed_dropped(own, asdict(own))
+            body = keyed_settings(own)
         return {"run": {"seed": self.run.seed, "dtype": self.run.dtype}, **({section: body} if section else {})}
-
-
-def _unkeyed_dropped(config, body: dict) -> dict:
-    """`body` (asdict of `config`) less the fields no result depends on (`result: False`) and those
-    that key a result only when set (`keyed_when_set`, at their default), in nested configs too."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if f.metadata.get("result") is False or (f.metadata.get("keyed_when_set") and value == f.default):
-            del body[f.name]
-        elif is_dataclass(value):
-            _unkeyed_dropped(value, body[f.name])
-    return body
 
 
 SECTIONS = [f.name for f in fields(PipelineConfig) if f.name != "source"]
