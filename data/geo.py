@@ -244,8 +244,7 @@ def block_of(lat: float, lon: float) -> tuple[float, float, float, float]:
 def shorten(full_code: str, gazetteer: Gazetteer | None = None) -> tuple[str | None, str | None]:
     """(short code, locality label) that recover to `full_code`, or (None, None) if none does."""
     gaz = gazetteer or Gazetteer.default()
-    area = olc.decode(full_code)
-    lat, lon = area.latitudeCenter, area.longitudeCenter
+    lat, lon = cell_centre(full_code)
     short = full_code[SHORT_DROP:]
     for place in sorted(gaz.near(lat, lon), key=lambda p: (-p.population, p.geonameid)):
         if olc.recoverNearest(short, place.latitude, place.longitude) != full_code:
