@@ -57,10 +57,12 @@ def known_requests(coverage: Coverage, pois_path: str | Path = SYDNEY, seed: int
     return asks
 
 
-def margins(backend: TorchBackend, plans: list[Plan], what: str) -> list[float]:
-    """Each planned query's margin, scored as compress.refusal_prior fits its shift."""
+def margins(backend: TorchBackend, plans: list[Plan], what: str) -> tuple[list[float], list[float]]:
+    """Each planned query's margin, scored as compress.refusal_prior fits its shift, and its
+    refusal odds (log P(refusal start) - log P(anything else))."""
     prompts = [build_messages(p.query) for p in plans]
-    return first_positions(backend.net, backend.tokenizer, prompts, refusal_starts(backend.tokenizer), what)[0].tolist()
+    margin, _, odds = first_positions(backend.net, backend.tokenizer, prompts, refusal_starts(backend.tokenizer), what)
+    return margin.tolist(), odds.tolist()
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -107,8 +109,8 @@ def score(label: str, model: str, coverage: Coverage, pois_path: str | Path, pin
         known = known_requests(coverage, pois_path, seed)
         unknown_pins = facts.unknown_pins(load_pois(pois_path), pins, seed)
         unknown_plans = [guide.plan(r) for r in facts.unknown_requests(unknown_pins, seed)]
-        k = margins(backend, [guide.plan(r) for _, r in known], f"{label}: known")
-        u = margins(backend, unknown_plans, f"{label}: unknown")
+        k, k_odds = margins(backend, [guide.plan(r) for _, r in known], f"{label}: known")
+        u, u_odds = margins(backend, unknown_plans, f"{label}: unknown")
     region = [m for m, plan in zip(u, unknown_plans) if not facts.abroad(plan.header)]
     by_place: dict[str, list[float]] = {}
     for (place, _), m in zip(known, k):
@@ -118,7 +120,16 @@ def score(label: str, model: str, coverage: Coverage, pois_path: str | Path, pin
             "auroc": auroc(known_arr, unknown_arr),
             "auroc_interval": auroc_interval([np.array(v) for v in by_place.values()], unknown_arr, seed=seed),
             "auroc_region": auroc(known_arr, np.array(region)) if region else None,
-            "tradeoff": tradeoff(known_arr, unknown_arr)}
+            "tradeoff": tradeoff(known_arr, unknown_arr), "known_odds": k_odds, "unknown_odds": u_odds,
+            "auroc_odds": auroc(np.array(k_odds), np.array(u_odds)), "minority_refusals": minority(k, k_odds)}
+
+
+def minority(margins: list[float], odds: list[float]) -> dict:
+    """Greedy refusals (margin > 0) made with most of the mass on describing (odds < 0): the
+    description's mass split over its several opening words, the refusal's on one."""
+    refused = [o for m, o in zip(margins, odds) if m > 0]
+    return {"refused": len(refused), "minority": sum(o < 0 for o in refused),
+            "p_refusal": [1 / (1 + np.exp(-o)) for o in refused]}
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -155,19 +166,30 @@ def render(report: dict) -> str:
              f"{report['pins']} unknown pins (bench.facts, seed {report['seed']}), each model in torch, float32, "
              "its own first-token distribution.", "",
              "| model | AUROC, all pins [95%] | AUROC, pins in the places' region | greedy: unknown refused | "
-             "greedy: known refused | known refused at 95% unknown | unknown refused at 0 known |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "greedy: known refused | of those, P(refusal) < 0.5 | known refused at 95% unknown | "
+             "unknown refused at 0 known | AUROC by P(refusal) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["models"]:
         t = r["tradeoff"]
         low, high = r["auroc_interval"]
         region = f"{r['auroc_region']:.3f}" if r["auroc_region"] is not None else "n/a"
         lines.append(f"| {r['label']} | {r['auroc']:.3f} [{low:.3f}, {high:.3f}] | {region} | "
                      f"{t['greedy']['unknown_refused']:.1%} | {t['greedy']['known_refused']:.1%} | "
-                     f"{t['goal']['known_refused']:.1%} | {t['none_known']['unknown_refused']:.1%} |")
+                     f"{_minority(r)} | {t['goal']['known_refused']:.1%} | {t['none_known']['unknown_refused']:.1%} | "
+                     f"{_odds_auroc(r)} |")
     lines += ["", f"![trade-off and margins]({report['plot']})", ""]
     for r in report["models"]:
         lines.append(f"- {r['label']}: `{r['model']}`")
     return "\n".join(lines) + "\n"
+
+
+def _minority(r: dict) -> str:
+    m = r.get("minority_refusals")  # reports written before the odds were measured lack it
+    return f"{m['minority']} of {m['refused']}" if m else "n/a"
+
+
+def _odds_auroc(r: dict) -> str:
+    return f"{r['auroc_odds']:.3f}" if "auroc_odds" in r else "n/a"
 
 
 def _labelled(text: str) -> tuple[str, str]:

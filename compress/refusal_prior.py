@@ -101,10 +101,12 @@ def refusal_starts(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def first_positions(net, tokenizer, prompts: list[list[dict]], starts: list[int], what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(margins, final hidden states) at each prompt's first answer position; a margin is the best
-    refusal start's logit minus the best other token's (> 0: greedy decoding starts a refusal)."""
-    hidden, margins = [], []
+def first_positions(net, tokenizer, prompts: list[list[dict]], starts: list[int],
+                    what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(margins, final hidden states, odds) at each prompt's first answer position; a margin is the
+    best refusal start's logit minus the best other token's (> 0: greedy decoding starts a refusal),
+    the odds log P(any refusal start) - log P(anything else) (> 0: most of the mass would refuse)."""
+    hidden, margins, odds = [], [], []
     device = net.get_output_embeddings().weight.device
     with final_states(net) as captured:
         for messages in tqdm(prompts, desc=what, unit="prompt"):
@@ -112,7 +114,8 @@ def first_positions(net, tokenizer, prompts: list[list[dict]], starts: list[int]
             logits = net(input_ids=ids.to(device)).logits[0, -1].float()
             hidden.append(captured["h"][0, -1].float().cpu())
             margins.append(margin(logits, starts))
-    return torch.tensor(margins), torch.stack(hidden)
+            odds.append(refusal_odds(logits, starts))
+    return torch.tensor(margins), torch.stack(hidden), torch.tensor(odds)
 
 
 @contextmanager
@@ -125,6 +128,14 @@ def final_states(net) -> Iterator[dict]:
         yield captured
     finally:
         hook.remove()
+
+
+def refusal_odds(logits: torch.Tensor, starts: list[int]) -> float:
+    """log P(a refusal start) - log P(any other token): where descriptions open with several words
+    and refusals with one, greedy decoding can refuse with most of the mass on describing."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    refuse = torch.logsumexp(log_p[starts], dim=0)
+    return float(refuse - torch.log1p(-refuse.exp().clamp(max=1 - 1e-7)))
 
 
 def margin(logits: torch.Tensor, starts: list[int]) -> float:
@@ -159,15 +170,15 @@ def calibrate(model: Path, corpus: Path, pois: list[POI], sampling: SamplingConf
     net, tokenizer = load_model(str(model), options)
     starts = refusal_starts(tokenizer)
     known_prompts, unknown_prompts = calibration_queries(corpus, pois, sampling, config)
-    known, known_h = first_positions(net, tokenizer, known_prompts, starts, "known val prompts")
-    unknown, unknown_h = first_positions(net, tokenizer, unknown_prompts, starts, "unknown val prompts")
+    known, known_h, _ = first_positions(net, tokenizer, known_prompts, starts, "known val prompts")
+    unknown, unknown_h, _ = first_positions(net, tokenizer, unknown_prompts, starts, "unknown val prompts")
     mean = torch.cat([known_h, unknown_h]).mean(0)
     direction = mean / mean.dot(mean)
     known_s, unknown_s = known_h @ direction, unknown_h @ direction
     fit = fit_shift(known, known_s, unknown, unknown_s, config.target)
     shift_rows(net, starts, fit["alpha"] * direction)
-    after_known, _ = first_positions(net, tokenizer, known_prompts, starts, "known, calibrated")
-    after_unknown, _ = first_positions(net, tokenizer, unknown_prompts, starts, "unknown, calibrated")
+    after_known, _, _ = first_positions(net, tokenizer, known_prompts, starts, "known, calibrated")
+    after_unknown, _, _ = first_positions(net, tokenizer, unknown_prompts, starts, "unknown, calibrated")
     predicted = torch.cat([known + fit["alpha"] * known_s, unknown + fit["alpha"] * unknown_s])
     report = {"model": str(model), "corpus": str(corpus), "config": vars(config), **fit,
               "refusal_start_tokens": [tokenizer.convert_ids_to_tokens(i) for i in starts],

@@ -60,10 +60,16 @@ def test_a_positive_margin_is_exactly_greedy_decoding_starting_a_refusal(micro_t
         requests = [r for _, r in refusal_margin.known_requests(coverage, FIXTURE)]
         requests += facts.unknown_requests(facts.unknown_pins(load_pois(FIXTURE), 6), 0)
         plans = [guide.plan(r) for r in requests]
-        margins = refusal_margin.margins(backend, plans, "test")
-        for plan, m in zip(plans, margins):
+        margins, odds = refusal_margin.margins(backend, plans, "test")
+        for plan, m, o in zip(plans, margins, odds):
             text = backend.complete(plan.query, GenerationOptions(max_tokens=1)).text
             assert (m > 0) == (text == "I"), (m, text)
+            assert o <= 0 or m > 0  # most of the mass on the refusal start: greedy takes it
+
+
+def test_a_refusal_can_win_greedy_with_most_of_the_mass_on_describing():
+    assert refusal_margin.minority([1.0, 2.0, -1.0], [-0.5, 0.4, -3.0]) == {
+        "refused": 2, "minority": 1, "p_refusal": [pytest.approx(1 / (1 + np.exp(0.5))), pytest.approx(1 / (1 + np.exp(-0.4)))]}
 
 
 def test_the_command_writes_a_report_with_its_plot(micro_teacher, coverage_file, tmp_path):
@@ -75,6 +81,8 @@ def test_the_command_writes_a_report_with_its_plot(micro_teacher, coverage_file,
     assert model["label"] == "micro" and len(model["unknown"]) == 4
     assert len(model["known"]) == report["known_answers"] == 3 * report["places"]
     assert 0.0 <= model["auroc_interval"][0] <= model["auroc"] <= model["auroc_interval"][1] <= 1.0
+    assert len(model["known_odds"]) == len(model["known"]) and 0.0 <= model["auroc_odds"] <= 1.0
+    assert model["minority_refusals"]["refused"] == sum(m > 0 for m in model["known"])
     text = out.read_text()
     assert "| micro | " in text and "![trade-off and margins](refusal-margin.png)" in text
     assert out.with_suffix(".png").stat().st_size > 10_000

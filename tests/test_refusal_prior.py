@@ -1,13 +1,14 @@
 """compress.refusal_prior: one fitted shift of the refusal start's logit, in the weights, so every
 runtime refuses where the calibration says, and nothing else about the model moves."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from compress import refusal_prior
-from compress.refusal_prior import PRIOR_FILE, PriorConfig, calibrate, fit_shift, margin
+from compress.refusal_prior import PRIOR_FILE, PriorConfig, calibrate, fit_shift, margin, refusal_odds
 from data.build import load_sources
 from data.sampling import SamplingConfig
 from models.backends import GenerationOptions, open_backend
@@ -37,6 +38,13 @@ def test_the_margin_is_the_refusal_starts_best_log_probability_over_every_other_
     assert margin(logprobs, [1]) == pytest.approx(-1.0)  # token 3 wins by 1
     assert margin(logprobs, [1, 3]) == pytest.approx(2.0)  # a refusal start wins over token 2
     assert logprobs[3] == logprobs.max()  # and the vector it was given is left as it was
+
+
+def test_the_refusal_odds_weigh_every_refusal_start_against_all_other_tokens():
+    logits = torch.tensor([1.0, 1.0, 1.0, 1.5])  # the refusal start (3) is the argmax with 35% of the mass
+    p = float(torch.softmax(logits, 0)[3])
+    assert margin(logits, [3]) == pytest.approx(0.5) and refusal_odds(logits, [3]) == pytest.approx(math.log(p / (1 - p)))
+    assert refusal_odds(logits, [3]) < 0 and refusal_odds(logits, [2, 3]) > 0
 
 
 @pytest.fixture(scope="module")
