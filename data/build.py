@@ -30,6 +30,7 @@ from core.cli import add_config_flags, config_from_args, new_parser, run_command
 from data.generate.base import GenerationRequest, GenerationResult
 from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, REVISING_BACKENDS, WriterOptions, make_generator
 from data.generate.rewrite import RewriteTally, write_checked
+from data.generate.template import OPENERS
 from data.generate.template import __file__ as TEMPLATE_SOURCE
 from data.generate.writer_prompt import REWRITE_FILE, TEMPLATE_FILES
 from data.grounding import GROUNDING_MODES, check_mode
@@ -70,6 +71,8 @@ WRITER_HELP = {
     "temperature": "sampling temperature (openai default 0.7; the Anthropic API refuses one)",
     "price_in": "USD per million input tokens (overrides the built-in table)",
     "price_out": "USD per million output tokens",
+    "openers": {"help": "template: varied (six opening words) or one-word (every description opens with "
+                        "'You', as every refusal with 'I')", "choices": tuple(OPENERS)},
 }
 
 

@@ -161,6 +161,28 @@ def test_template_is_deterministic_and_leads_with_facts_for_the_interests(pois):
     assert write(request_for(cell, "stimulate", seed=1)) == write(request_for(cell, "stimulate", seed=1))
 
 
+def test_one_word_openers_start_every_description_with_the_same_token_and_change_nothing_else(cells, tmp_path):
+    """Greedy decoding weighs the refusal's one first word against the best single other one."""
+    from data.generate.registry import WriterOptions, make_generator
+    from data.refusal import REFUSALS
+
+    for cell in cells:
+        for style in STYLES:
+            request = request_for(cell, style, ("history", "views"), seed=5)
+            varied, one = write(request), write(request, "one-word")
+            assert one.split()[0] == "You" and not style_problems(one, style), one
+            assert one.split(". ", 1)[1] == varied.split(". ", 1)[1]  # the same draws after the opening
+    assert all(r.split()[0] != "You" for r in REFUSALS)
+    generator = make_generator("template", WriterOptions(openers="one-word"))
+    assert generator.generate(request_for(cells[0])).model == "template-v4/one-word"
+    assert make_generator("template").generate(request_for(cells[0])).model == "template-v4"
+    with pytest.raises(ValueError, match="openers"):
+        make_generator("template", WriterOptions(openers="shouting"))
+    from core.config import keyed_settings
+
+    assert "openers" not in keyed_settings(BuildConfig())["writer"]  # corpora made before it keep their keys
+
+
 def test_short_answers_state_the_most_notable_fact_whatever_the_interests(pois):
     """A year or a maker before anything else: the view lover at the Opera House still hears of Utzon."""
     opera = next(p for p in pois if p.id == "sydney-opera-house")

@@ -3,7 +3,7 @@ offline template path needs neither `anthropic` nor `openai` installed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.generate.base import Generator
@@ -30,11 +30,15 @@ class WriterOptions:
     temperature: float | None = None
     price_in: float | None = None  # USD per million tokens; None uses the built-in table
     price_out: float | None = None
+    # The template's opening set (data.generate.template.OPENERS); keys a corpus only when set.
+    openers: str = field(default="varied", metadata={"keyed_when_set": True})
 
 
 def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Generator:
     if backend == "template":
-        return TemplateGenerator()
+        return TemplateGenerator(options.openers)
+    if options.openers != WriterOptions.openers:
+        raise ValueError("openers is the template writer's setting; a model writer opens as it writes")
     shared = ("cache_dir", "concurrency", "max_retries", "timeout", "max_tokens", "price_in", "price_out")
     llm_options = {name: getattr(options, name) for name in shared}
     try:

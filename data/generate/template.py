@@ -27,14 +27,30 @@ from data.vocab import STYLES, interests_in
 
 VERSION = "template-v4"
 
-_OPENERS = (
-    "Your pin is on {name}, in {locality}.",
-    "You are standing at {name} in {locality}.",
-    "This spot in {locality} is {name}.",
-    "Right here is {name}, one of the places that give {locality} its character.",
-    "The place at your pin is {name}, in {locality}.",
-    "Welcome to {name} in {locality}.",
-)
+# How a description opens: a table of opening sets, picked by the writer's `openers`. `varied`
+# (template-v4's) opens with six different words. Greedy decoding compares the refusal's first
+# token ("I", shared by every refusal) with the best single other token, so with the describing
+# mass split six ways a model refused places it knows with P(refusal) 0.19-0.41
+# (docs/results/refusal-margin-nearmiss-9-first5.md). `one-word` opens every description with
+# "You", so describing and refusing each sit on one token and greedy decoding follows P(refusal).
+OPENERS = {
+    "varied": (
+        "Your pin is on {name}, in {locality}.",
+        "You are standing at {name} in {locality}.",
+        "This spot in {locality} is {name}.",
+        "Right here is {name}, one of the places that give {locality} its character.",
+        "The place at your pin is {name}, in {locality}.",
+        "Welcome to {name} in {locality}.",
+    ),
+    "one-word": (
+        "You are on {name}, in {locality}.",
+        "You are standing at {name} in {locality}.",
+        "You are in {locality}, at {name}.",
+        "You are right at {name}, one of the places that give {locality} its character.",
+        "You have found {name}, in {locality}.",
+        "You are now at {name} in {locality}.",
+    ),
+}
 _INTEREST_LEADS = {
     "architecture": "For an eye on buildings, {name} has plenty to study.",
     "history": "{name} has a long story to tell.",
@@ -111,8 +127,10 @@ def _earliest_year(facts: Iterable[str]) -> str | None:
     return str(min(years)) if years else None
 
 
-def write(request: GenerationRequest) -> str:
-    """The description for one request, from facts only."""
+def write(request: GenerationRequest, openers: str = "varied") -> str:
+    """The description for one request, from facts only, opened from OPENERS[openers]."""
+    if openers not in OPENERS:
+        raise GenerationError(f"unknown openers {openers!r}; choose {', '.join(OPENERS)}")
     if request.style not in STYLES:
         raise GenerationError(f"unknown style {request.style!r}")
     rng = random.Random(request.seed)
@@ -128,7 +146,7 @@ def write(request: GenerationRequest) -> str:
     # "Sydney Opera House in Sydney" says nothing twice.
     locality = "the city" if request.locality.lower() in main.name.lower() else request.locality
     values = {"name": main.name, "locality": locality, "interests": _join_words(list(request.interests))}
-    opener = rng.choice(_OPENERS).format(**values)
+    opener = rng.choice(OPENERS[openers]).format(**values)
     others = [p.name for p in request.pois[1:]]
 
     if request.style == "brief":
@@ -156,8 +174,15 @@ class TemplateGenerator:
 
     name = "template"
 
+    def __init__(self, openers: str = "varied"):
+        if openers not in OPENERS:
+            raise ValueError(f"unknown openers {openers!r}; choose {', '.join(OPENERS)}")
+        self.openers = openers
+        # The writer each row records: template-v4's texts keep its name.
+        self.version = VERSION if openers == "varied" else f"{VERSION}/{openers}"
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        return GenerationResult(text=write(request), model=VERSION)
+        return GenerationResult(text=write(request, self.openers), model=self.version)
 
     def generate_many(
         self, requests: Iterable[GenerationRequest], progress: ProgressCallback | None = None
