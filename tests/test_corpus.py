@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from core.config import keyed_settings
 from data.build import BuildConfig, build
 from data.generate.base import GenerationRequest
+from data.generate.registry import WriterOptions, make_generator
 from data.generate.template import notable_fact, ranked_facts, write
 from data.geo import plus_code_for
 from data.poi import POI, load_pois
+from data.refusal import REFUSALS
 from data.sampling import (
     SamplingConfig,
     cells_from_pois,
@@ -161,10 +164,8 @@ def test_template_is_deterministic_and_leads_with_facts_for_the_interests(pois):
     assert write(request_for(cell, "stimulate", seed=1)) == write(request_for(cell, "stimulate", seed=1))
 
 
-def test_one_word_openers_start_every_description_with_the_same_token_and_change_nothing_else(cells, tmp_path):
+def test_one_word_openers_start_every_description_with_the_same_token_and_change_nothing_else(cells):
     """Greedy decoding weighs the refusal's one first word against the best single other one."""
-    from data.generate.registry import WriterOptions, make_generator
-    from data.refusal import REFUSALS
 
     for cell in cells:
         for style in STYLES:
@@ -178,8 +179,8 @@ def test_one_word_openers_start_every_description_with_the_same_token_and_change
     assert make_generator("template").generate(request_for(cells[0])).model == "template-v4"
     with pytest.raises(ValueError, match="openers"):
         make_generator("template", WriterOptions(openers="shouting"))
-    from core.config import keyed_settings
-
+    with pytest.raises(ValueError, match="openers"):
+        write(request_for(cells[0]), "shouting")
     assert "openers" not in keyed_settings(BuildConfig())["writer"]  # corpora made before it keep their keys
 
 

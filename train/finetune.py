@@ -73,7 +73,8 @@ class FinetuneConfig:
     seed: int = 0
     max_minutes: float | None = field(default=None, metadata={"help": "stop after this long, then save"})
     first_weight: float = field(default=1.0, metadata={
-        "keyed_when_set": True, "help": "weight of each answer's first token in the loss, where the guide decides between describing "
+        "keyed_when_set": True,
+        "help": "weight of each answer's first token in the loss, where the guide decides between describing "
                 "and refusing (1: every token alike)"})
 
     def __post_init__(self):

@@ -30,7 +30,7 @@ VERSION = "template-v4"
 # How a description opens: a table of opening sets, picked by the writer's `openers`. `varied`
 # (template-v4's) opens with six different words. Greedy decoding compares the refusal's first
 # token ("I", shared by every refusal) with the best single other token, so with the describing
-# mass split six ways a model refused places it knows with P(refusal) 0.19-0.41
+# mass split six ways, 24 of near-miss-9's 26 greedy refusals of known places had P(refusal) < 0.5
 # (docs/results/refusal-margin-nearmiss-9-first5.md). `one-word` opens every description with
 # "You", so describing and refusing each sit on one token and greedy decoding follows P(refusal).
 OPENERS = {
@@ -51,6 +51,15 @@ OPENERS = {
         "You are now at {name} in {locality}.",
     ),
 }
+
+
+def openings(name: str) -> tuple[str, ...]:
+    """OPENERS[name], or a ValueError that lists the sets."""
+    if name not in OPENERS:
+        raise ValueError(f"unknown openers {name!r}; choose {', '.join(OPENERS)}")
+    return OPENERS[name]
+
+
 _INTEREST_LEADS = {
     "architecture": "For an eye on buildings, {name} has plenty to study.",
     "history": "{name} has a long story to tell.",
@@ -129,8 +138,7 @@ def _earliest_year(facts: Iterable[str]) -> str | None:
 
 def write(request: GenerationRequest, openers: str = "varied") -> str:
     """The description for one request, from facts only, opened from OPENERS[openers]."""
-    if openers not in OPENERS:
-        raise GenerationError(f"unknown openers {openers!r}; choose {', '.join(OPENERS)}")
+    starts = openings(openers)
     if request.style not in STYLES:
         raise GenerationError(f"unknown style {request.style!r}")
     rng = random.Random(request.seed)
@@ -146,7 +154,7 @@ def write(request: GenerationRequest, openers: str = "varied") -> str:
     # "Sydney Opera House in Sydney" says nothing twice.
     locality = "the city" if request.locality.lower() in main.name.lower() else request.locality
     values = {"name": main.name, "locality": locality, "interests": _join_words(list(request.interests))}
-    opener = rng.choice(OPENERS[openers]).format(**values)
+    opener = rng.choice(starts).format(**values)
     others = [p.name for p in request.pois[1:]]
 
     if request.style == "brief":
@@ -175,8 +183,7 @@ class TemplateGenerator:
     name = "template"
 
     def __init__(self, openers: str = "varied"):
-        if openers not in OPENERS:
-            raise ValueError(f"unknown openers {openers!r}; choose {', '.join(OPENERS)}")
+        openings(openers)  # an unknown set fails here, before any request is written
         self.openers = openers
         # The writer each row records: template-v4's texts keep its name.
         self.version = VERSION if openers == "varied" else f"{VERSION}/{openers}"
