@@ -8,7 +8,7 @@ from pathlib import Path
 
 from data.generate.base import Generator
 from data.generate.no_place import RefusesNoPlace
-from data.generate.template import TemplateGenerator
+from data.generate.template import DEFAULT_OPENERS, TemplateGenerator
 
 BACKENDS = ("template", "anthropic", "openai")
 # Writers that can rewrite a rejected text when shown it with the reasons; the template writes the
@@ -31,7 +31,7 @@ class WriterOptions:
     price_in: float | None = None  # USD per million tokens; None uses the built-in table
     price_out: float | None = None
     # The template's opening set (data.generate.template.OPENERS); keys a corpus only when set.
-    openers: str = field(default="varied", metadata={"keyed_when_set": True})
+    openers: str = field(default=DEFAULT_OPENERS, metadata={"keyed_when_set": True})
 
 
 def make_generator(backend: str, options: WriterOptions = WriterOptions()) -> Generator:

@@ -33,8 +33,9 @@ VERSION = "template-v4"
 # mass split six ways, 24 of near-miss-9's 26 greedy refusals of known places had P(refusal) < 0.5
 # (docs/results/refusal-margin-nearmiss-9-first5.md). `one-word` opens every description with
 # "You", so describing and refusing each sit on one token and greedy decoding follows P(refusal).
+DEFAULT_OPENERS = "varied"
 OPENERS = {
-    "varied": (
+    DEFAULT_OPENERS: (
         "Your pin is on {name}, in {locality}.",
         "You are standing at {name} in {locality}.",
         "This spot in {locality} is {name}.",
@@ -136,7 +137,7 @@ def _earliest_year(facts: Iterable[str]) -> str | None:
     return str(min(years)) if years else None
 
 
-def write(request: GenerationRequest, openers: str = "varied") -> str:
+def write(request: GenerationRequest, openers: str = DEFAULT_OPENERS) -> str:
     """The description for one request, from facts only, opened from OPENERS[openers]."""
     starts = openings(openers)
     if request.style not in STYLES:
@@ -182,11 +183,11 @@ class TemplateGenerator:
 
     name = "template"
 
-    def __init__(self, openers: str = "varied"):
+    def __init__(self, openers: str = DEFAULT_OPENERS):
         openings(openers)  # an unknown set fails here, before any request is written
         self.openers = openers
         # The writer each row records: template-v4's texts keep its name.
-        self.version = VERSION if openers == "varied" else f"{VERSION}/{openers}"
+        self.version = VERSION if openers == DEFAULT_OPENERS else f"{VERSION}/{openers}"
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return GenerationResult(text=write(request, self.openers), model=self.version)
