@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from core.artifacts import sha256_file, write_atomic
 from core.cli import add_config_flags, config_from_args, new_parser, run_command
+from data.corpus import write_split
 from data.generate.base import GenerationRequest, GenerationResult
 from data.generate.registry import BACKENDS, DEFAULT_CLAUDE, REVISING_BACKENDS, WriterOptions, make_generator
 from data.generate.rewrite import RewriteTally, write_checked
@@ -175,8 +176,8 @@ def build(config: BuildConfig, out: str | Path, progress: bool = True) -> dict:
     for split in SPLITS:
         rows = [accepted[k] for k in sorted(accepted) if requests[k][0] == split]
         counts[split] = len(rows)
-        write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+        write_split(out, split, rows)
+    write_split(out, "rejects", rejects)
     _write_texts(out / "texts", [accepted[k] for k in sorted(accepted)], {c.plus_code: c for c in cells})
 
     final = [r for r in rejects if r["final"]]

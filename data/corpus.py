@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.artifacts import write_atomic
+
 
 def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
     """The rows of one split of a corpus written by `data.build`."""
@@ -13,6 +15,11 @@ def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
         raise FileNotFoundError(f"{path} not found: build a corpus with `python -m data.build`")
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_split(corpus_dir: str | Path, split: str, rows: list[dict]) -> None:
+    """Write one split's rows as `read_split` reads them (atomically: a reader never sees half)."""
+    write_atomic(Path(corpus_dir) / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.txt")
