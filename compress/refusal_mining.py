@@ -53,10 +53,14 @@ class MiningConfig:
             raise ValueError("keep must be between 0 and 1")
 
 
+def is_wrong(row: dict, margin: float) -> bool:
+    """Greedy decoding refuses a known place (margin > 0) or describes an unknown cell (margin <= 0)."""
+    return margin > 0 if row["poi_ids"] else margin <= 0
+
+
 def is_hard(row: dict, margin: float, band: float) -> bool:
-    """A known place's row is hard when its margin leans to refusing (> -band), an unknown cell's
-    when it leans to describing (< band)."""
-    return margin > -band if row["poi_ids"] else margin < band
+    """Decided wrong, or right by less than `band`."""
+    return is_wrong(row, margin) or abs(margin) < band
 
 
 def select(rows: list[dict], margins: list[float], config: MiningConfig) -> tuple[list[dict], dict]:
@@ -64,26 +68,19 @@ def select(rows: list[dict], margins: list[float], config: MiningConfig) -> tupl
     if len(rows) != len(margins):
         raise ValueError(f"{len(rows)} rows but {len(margins)} margins")
     rng = random.Random(f"mining:{config.seed}")
-    hard = [r for r, m in zip(rows, margins) if is_hard(r, m, config.band)]
-    kept = [r for r, m in zip(rows, margins) if not is_hard(r, m, config.band) and rng.random() < config.keep]
-    mined = [r for r in hard for _ in range(config.repeat)] + kept
+    hard = [is_hard(r, m, config.band) for r, m in zip(rows, margins)]
+    wrong = [is_wrong(r, m) for r, m in zip(rows, margins)]
+    kept = [r for r, h in zip(rows, hard) if not h and rng.random() < config.keep]
+    mined = [r for r, h in zip(rows, hard) if h for _ in range(config.repeat)] + kept
     rng.shuffle(mined)
-    wrong_places = Counter(p for r, m in zip(rows, margins) if r["poi_ids"] and m > 0 for p in r["poi_ids"])
-    summary = {"rows": len(rows), "mined_rows": len(mined), "kept_easy": len(kept),
-               **{f"{kind}_{what}": n for kind, counts in _tally(rows, margins, config.band).items()
-                  for what, n in counts.items()},
-               "known_wrong_places": dict(wrong_places.most_common())}
+    summary = {"rows": len(rows), "mined_rows": len(mined), "kept_easy": len(kept)}
+    for kind, known in (("known", True), ("unknown", False)):
+        of_kind = [i for i, r in enumerate(rows) if bool(r["poi_ids"]) == known]
+        summary |= {f"{kind}_rows": len(of_kind), f"{kind}_wrong": sum(wrong[i] for i in of_kind),
+                    f"{kind}_hard": sum(hard[i] for i in of_kind)}
+    places = Counter(p for r, w in zip(rows, wrong) if w for p in r["poi_ids"])
+    summary["known_wrong_places"] = dict(places.most_common())
     return mined, summary
-
-
-def _tally(rows: list[dict], margins: list[float], band: float) -> dict[str, dict[str, int]]:
-    tally = {kind: Counter(rows=0, wrong=0, hard=0) for kind in ("known", "unknown")}
-    for row, m in zip(rows, margins):
-        kind = "known" if row["poi_ids"] else "unknown"
-        tally[kind]["rows"] += 1
-        tally[kind]["wrong"] += int(m > 0 if row["poi_ids"] else m <= 0)
-        tally[kind]["hard"] += int(is_hard(row, m, band))
-    return {k: dict(v) for k, v in tally.items()}
 
 
 def mine(model: Path, corpus: Path, out: Path, config: MiningConfig = MiningConfig(),
@@ -99,8 +96,7 @@ def mine(model: Path, corpus: Path, out: Path, config: MiningConfig = MiningConf
     with atomic_dir(out) as tmp:
         write_split(tmp, "train", mined)
         for split in SPLITS[1:]:
-            if (corpus / f"{split}.jsonl").is_file():
-                write_split(tmp, split, read_split(corpus, split))
+            write_split(tmp, split, read_split(corpus, split))
         write_json(Path(tmp) / MINING_FILE, report)
     return report
 

@@ -32,6 +32,11 @@ def test_hard_rows_lean_the_wrong_way_or_sit_within_the_band_and_come_back_repea
     assert sorted(r["id"] for r in mined) == [0, 0, 1, 2, 3, 3, 4, 5] and summary["kept_easy"] == 4
 
 
+def test_a_tie_is_a_description_so_an_unknown_cell_at_margin_zero_is_wrong_and_a_known_place_is_not():
+    mined, summary = select([_row(0, True), _row(1, False)], [0.0, 0.0], MiningConfig(band=0.0, keep=0.0, repeat=1))
+    assert [r["id"] for r in mined] == [1] and (summary["known_wrong"], summary["unknown_wrong"]) == (0, 1)
+
+
 def test_the_kept_share_and_the_order_are_seeded():
     rows = [_row(i, True) for i in range(400)]
     margins = [-10.0] * 400
