@@ -120,3 +120,23 @@ def test_a_first_token_weight_keys_a_run_only_when_set():
     assert keyed_settings(FinetuneConfig(first_weight=4.0))["first_weight"] == 4.0
     with pytest.raises(ValueError, match="first_weight"):
         FinetuneConfig(first_weight=0)
+
+
+def test_a_decision_pass_scores_only_each_answers_first_tokens(tiny_llama_dir, tiny_corpus, tmp_path):
+    """answer_tokens=1 keeps the prompt and the answer's first token, with no end of turn: the pass
+    trains whether the guide describes or refuses and leaves the rest of the answer unscored."""
+    from core.config import keyed_settings
+    from data.corpus import read_split
+    from train.batches import encode_row
+
+    _, tokenizer = load_model(str(tiny_llama_dir))
+    row = read_split(tiny_corpus, "train")[0]
+    whole, start = encode_row(row, tokenizer, 512)
+    first, first_start = encode_row(row, tokenizer, 512, answer_tokens=1)
+    assert first_start == start and first == whole[:start + 1] and len(whole) > start + 2
+    report = finetune(str(tiny_llama_dir), tiny_corpus, tmp_path / "decision", short(answer_tokens=1), FIXTURE_POIS,
+                      progress=False)
+    assert report["steps"] == 6 and report["config"]["answer_tokens"] == 1
+    assert "answer_tokens" not in keyed_settings(FinetuneConfig())  # runs made before it stay finished
+    with pytest.raises(ValueError, match="answer_tokens"):
+        FinetuneConfig(answer_tokens=0)

@@ -219,3 +219,15 @@ def test_edit_near_misses_differ_from_a_known_code_in_one_digit_of_the_short_cod
     assert set(edits) >= {4, 5, 6, 7}  # latitude and longitude, 5 km and 250 m digits alike
     assert all(min(distance_m(c.latitude, c.longitude, p.latitude, p.longitude) for p in pois) > UNKNOWN_CLEAR_M
                for c in drawn)
+
+
+def test_ring_and_edit_near_misses_are_drawn_alike_in_one_stream(pois):
+    """`ring+edit`: each near miss is an edit of a known code or a point 0.5-2 km from a place, about
+    half each, every one still clear of every place."""
+    known = {encode(p.latitude, p.longitude).plus_code for p in pois}
+    drawn = list(itertools.islice(unknown_cells(pois, seed=7, near_share=1.0, near="ring+edit"), 80))
+    edits = [c for c in drawn if any(sum(a != b for a, b in zip(c.plus_code, k)) == 1 for k in known)]
+    assert 0.25 < len(edits) / len(drawn) < 0.75
+    assert all(min(distance_m(c.latitude, c.longitude, p.latitude, p.longitude) for p in pois) > UNKNOWN_CLEAR_M
+               for c in drawn)
+    assert SamplingConfig(unknown_near="ring+edit").unknown_near == "ring+edit"

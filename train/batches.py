@@ -16,13 +16,15 @@ from data.prompt import IM_END, render_prompt
 Example = tuple[list[int], int]  # token ids of prompt + answer, and where the answer starts
 
 
-def encode_row(row: dict, tokenizer, max_length: int) -> Example:
+def encode_row(row: dict, tokenizer, max_length: int, answer_tokens: int | None = None) -> Example:
     """Token ids of prompt + answer, and where the answer starts. The two halves are tokenized
     apart and the prompt is rendered as generation renders it (the tokenizer's own template for a
-    real Qwen3), so teacher forcing sees exactly what generation sees."""
+    real Qwen3), so teacher forcing sees exactly what generation sees. `answer_tokens` keeps only the
+    answer's first tokens (and no end of turn): a pass that trains the decision an answer opens with,
+    describe or refuse, at the cost of the prompt alone."""
     prompt = tokenizer(render_prompt(row["messages"], tokenizer), add_special_tokens=False)["input_ids"]
     answer = tokenizer(row["target"] + IM_END, add_special_tokens=False)["input_ids"]
-    return (prompt + answer)[:max_length], len(prompt)
+    return (prompt + answer[:answer_tokens])[:max_length], len(prompt)
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -76,6 +76,10 @@ class FinetuneConfig:
         "keyed_when_set": True,
         "help": "weight of each answer's first token in the loss, where the guide decides between describing "
                 "and refusing (1: every token alike)"})
+    answer_tokens: int | None = field(default=None, metadata={
+        "keyed_when_set": True,
+        "help": "score only each answer's first N tokens, the rest cut off (1: a pass on the describe-or-refuse "
+                "decision alone, at the cost of the prompts; unset: whole answers)"})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -84,6 +88,8 @@ class FinetuneConfig:
             raise ValueError("epochs and batch_size must be positive")
         if self.first_weight <= 0:
             raise ValueError("first_weight must be positive")
+        if self.answer_tokens is not None and self.answer_tokens < 1:
+            raise ValueError("answer_tokens must be at least 1 (unset: whole answers)")
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
@@ -127,8 +133,8 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(base, load)
     rows, val_rows = read_split(corpus, "train"), read_split(corpus, "val")
-    examples = [encode_row(r, tokenizer, config.max_length) for r in rows]
-    val = [encode_row(r, tokenizer, config.max_length) for r in val_rows[: config.eval_samples]]
+    examples = [encode_row(r, tokenizer, config.max_length, config.answer_tokens) for r in rows]
+    val = [encode_row(r, tokenizer, config.max_length, config.answer_tokens) for r in val_rows[: config.eval_samples]]
     if not val:
         raise ValueError(f"{corpus} has no validation rows: the fine-tune picks its best weights by their loss")
     per_epoch = math.ceil(len(examples) / config.batch_size)
