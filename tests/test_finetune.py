@@ -140,3 +140,15 @@ def test_a_decision_pass_scores_only_each_answers_first_tokens(tiny_llama_dir, t
     assert "answer_tokens" not in keyed_settings(FinetuneConfig())  # runs made before it stay finished
     with pytest.raises(ValueError, match="answer_tokens"):
         FinetuneConfig(answer_tokens=0)
+
+
+def test_a_decision_pass_may_cut_only_the_refusals_so_known_answers_train_whole():
+    from train.finetune import _cut
+
+    known, unknown = {"poi_ids": ["opera-house"]}, {"poi_ids": []}
+    every, refusals = FinetuneConfig(answer_tokens=1), FinetuneConfig(answer_tokens=1, answer_tokens_on="unknown")
+    assert (_cut(every, known), _cut(every, unknown)) == (1, 1)
+    assert (_cut(refusals, known), _cut(refusals, unknown)) == (None, 1)
+    assert _cut(FinetuneConfig(answer_tokens_on="unknown"), unknown) is None  # nothing cut unless answer_tokens
+    with pytest.raises(ValueError, match="answer_tokens_on"):
+        FinetuneConfig(answer_tokens_on="known")

@@ -40,6 +40,7 @@ from train.loop import PRECISIONS, LoopConfig, discard_checkpoint, finished_repo
 from train.proxy import ProxyTask, mean_loss
 
 METHODS = ("full", "lora")
+ANSWER_TOKENS_ON = ("every", "unknown")
 BEFORE_FILE = "before.json"  # the base's scores while a run is unfinished
 
 
@@ -80,6 +81,12 @@ class FinetuneConfig:
         "keyed_when_set": True,
         "help": "score only each answer's first N tokens, the rest cut off (1: a pass on the describe-or-refuse "
                 "decision alone, at the cost of the prompts; unset: whole answers)"})
+    # A first-token pass on every row leaves the known answers' later tokens untrained, and they drift:
+    # trial 17's student named the place in 89.0% of known answers, another place's fact in 10.2%
+    # (docs/results/app-nearmiss-15.md). `unknown` cuts only the refusals, whose words never vary.
+    answer_tokens_on: str = field(default="every", metadata={
+        "keyed_when_set": True, "choices": ANSWER_TOKENS_ON,
+        "help": "rows answer_tokens cuts: every row, or only those about unknown cells (the known keep whole answers)"})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -90,6 +97,8 @@ class FinetuneConfig:
             raise ValueError("first_weight must be positive")
         if self.answer_tokens is not None and self.answer_tokens < 1:
             raise ValueError("answer_tokens must be at least 1 (unset: whole answers)")
+        if self.answer_tokens_on not in ANSWER_TOKENS_ON:
+            raise ValueError(f"unknown answer_tokens_on {self.answer_tokens_on!r}; choose {', '.join(ANSWER_TOKENS_ON)}")
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
@@ -102,6 +111,11 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def _cut(config: FinetuneConfig, row: dict) -> int | None:
+    """How many of the row's answer tokens are trained (None: all)."""
+    return config.answer_tokens if config.answer_tokens_on == "every" or not row["poi_ids"] else None
 
 
 class TourTask(ProxyTask):
@@ -133,8 +147,8 @@ def finetune(base: str, corpus: str | Path, out_dir: str | Path, config: Finetun
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(base, load)
     rows, val_rows = read_split(corpus, "train"), read_split(corpus, "val")
-    examples = [encode_row(r, tokenizer, config.max_length, config.answer_tokens) for r in rows]
-    val = [encode_row(r, tokenizer, config.max_length, config.answer_tokens) for r in val_rows[: config.eval_samples]]
+    examples = [encode_row(r, tokenizer, config.max_length, _cut(config, r)) for r in rows]
+    val = [encode_row(r, tokenizer, config.max_length, _cut(config, r)) for r in val_rows[: config.eval_samples]]
     if not val:
         raise ValueError(f"{corpus} has no validation rows: the fine-tune picks its best weights by their loss")
     per_epoch = math.ceil(len(examples) / config.batch_size)
